@@ -1,0 +1,17 @@
+"""falf_fx: a structured-pruning compiler for PyTorch built on torch.fx."""
+from passes.analysis import Analysis, ChannelGroup, GroupMember
+from passes.plan import PruningPlan
+
+from .api import analyze, prune, slim
+from .capture import trace
+from .errors import EquivalenceError, FalfError, PlanError, ShapePropagationError, SlimError, TraceError
+from .importance import group_importance
+from .planning import plan_by_ratio, random_plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Analysis", "ChannelGroup", "GroupMember", "PruningPlan", "analyze", "prune", "slim", "trace",
+    "EquivalenceError", "FalfError", "PlanError", "ShapePropagationError", "SlimError", "TraceError",
+    "group_importance", "plan_by_ratio", "random_plan",
+]

@@ -1,0 +1,126 @@
+"""Capture: torch.fx tracing with automatic leaves, then fake-tensor shapes."""
+from __future__ import annotations
+
+import traceback
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional, Union
+
+import torch
+from torch import fx, nn
+
+from passes.analysis import AUTO_LEAVES_KEY
+from passes.shape_prop import propagate_shapes
+
+from .errors import TraceError
+
+__all__ = ["trace", "as_input_tuple"]
+
+LeafSpec = Union[str, type, nn.Module]
+
+
+def as_input_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(example_inputs)
+    raise TypeError("example_inputs must be a tensor or a tuple of tensors, "
+                    f"not {type(example_inputs).__name__}")
+
+
+class _LeafTracer(fx.Tracer):
+    """A tracer that knows extra leaves and remembers which module it was inside when it failed."""
+
+    def __init__(self, leaves: set[str], leaf_types: tuple[type, ...], leaf_ids: set[int]) -> None:
+        super().__init__()
+        self.leaves, self.leaf_types, self.leaf_ids = leaves, leaf_types, leaf_ids
+        self.stack: list[str] = []
+        self.failed_in: Optional[str] = None
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self.leaves or id(m) in self.leaf_ids or isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        qualname = self.path_of_module(m)
+        self.stack.append(qualname)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = qualname
+            raise
+        finally:
+            self.stack.pop()
+
+
+def _user_frame(error: BaseException) -> str:
+    """The last source line of the user's code in the traceback (not torch's own)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    user = [f for f in frames if "/torch/" not in f.filename.replace("\\", "/")]
+    frame = (user or frames)[-1] if frames else None
+    if frame is None:
+        return "unknown location"
+    return f"{frame.filename}:{frame.lineno}: {(frame.line or '').strip()}"
+
+
+def _split_leaves(leaf_modules: Iterable[LeafSpec]) -> tuple[set[str], tuple[type, ...], set[int]]:
+    names, types, ids = set(), [], set()
+    for leaf in leaf_modules:
+        if isinstance(leaf, str):
+            names.add(leaf)
+        elif isinstance(leaf, type):
+            types.append(leaf)
+        elif isinstance(leaf, nn.Module):
+            ids.add(id(leaf))
+        else:
+            raise TypeError(f"leaf_modules entries are module names, classes or instances, not {leaf!r}")
+    return names, tuple(types), ids
+
+
+def _symbolic_trace(model: nn.Module, leaf_modules: Iterable[LeafSpec],
+                    concrete_args: Optional[dict[str, Any]]) -> fx.GraphModule:
+    names, types, ids = _split_leaves(leaf_modules)
+    auto: dict[str, str] = {}
+    while True:
+        tracer = _LeafTracer(names | set(auto), types, ids)
+        try:
+            graph = tracer.trace(model, concrete_args=concrete_args)
+            break
+        except Exception as error:  # noqa: BLE001 - turned into a leaf or a TraceError below
+            where = tracer.failed_in
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if where is None or where == "" or where in auto:
+                raise TraceError(
+                    f"torch.fx cannot trace {type(model).__name__} at {_user_frame(error)}\n  {message}\n"
+                    "  fix: pass leaf_modules=[...] naming the submodule that does this, or concrete_args={...} "
+                    "for arguments that steer Python control flow") from error
+            auto[where] = message
+            warnings.warn(f"falf_fx: submodule '{where}' cannot be traced ({message}; {_user_frame(error)}); "
+                          "it is kept as a leaf and its channels are frozen", stacklevel=3)
+    name = model.__class__.__name__
+    gm = fx.GraphModule(tracer.root, graph, name)
+    gm.meta[AUTO_LEAVES_KEY] = auto
+    return gm
+
+
+def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafSpec] = (),
+          concrete_args: Optional[dict[str, Any]] = None) -> fx.GraphModule:
+    """Trace ``model`` with torch.fx and annotate every node with fake-tensor shapes.
+
+    A submodule fx cannot trace becomes a leaf (with a warning) and its channels
+    are frozen; if the top level itself cannot be traced, TraceError says where
+    and how to fix it.  The model is not modified.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_input_tuple(example_inputs)
+    if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
+        gm = model
+        gm.meta.setdefault(AUTO_LEAVES_KEY, {})
+    else:
+        gm = _symbolic_trace(model, leaf_modules, concrete_args)
+    gm.train(model.training)
+    propagate_shapes(gm, inputs)
+    return gm

@@ -1,0 +1,18 @@
+"""Errors a user can act on; each message names the module or node and the fix."""
+from passes.plan import PlanError
+from passes.rewrite import SlimError
+from passes.shape_prop import ShapePropagationError
+
+__all__ = ["FalfError", "TraceError", "PlanError", "SlimError", "ShapePropagationError", "EquivalenceError"]
+
+
+class FalfError(Exception):
+    """Base class of falf_fx's own errors."""
+
+
+class TraceError(FalfError):
+    """torch.fx could not trace the model's top level."""
+
+
+class EquivalenceError(FalfError, AssertionError):
+    """The slim model does not compute what the masked original computes."""

@@ -1,0 +1,80 @@
+"""Turn scores into a PruningPlan: per-group ratio, optional rounding, no axis emptied."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Optional
+
+import numpy as np
+
+from passes.analysis import Analysis
+from passes.plan import PlanError, PruningPlan
+
+__all__ = ["plan_by_ratio", "random_plan"]
+
+
+def _rounded_keep(size: int, keep: int, round_to: Optional[int]) -> int:
+    if round_to and size >= round_to:
+        keep = max(round_to, int(math.ceil(keep / round_to)) * round_to)
+    return min(max(keep, 1), size)
+
+
+def _repair_emptied_axes(analysis: Analysis, removals: dict[int, list[int]],
+                         scores: Mapping[int, np.ndarray]) -> None:
+    """Give back the best channel of any tensor or parameter axis the plan would empty."""
+    while True:
+        try:
+            PruningPlan(analysis, {g: tuple(v) for g, v in removals.items()})._check_no_axis_emptied()
+            return
+        except PlanError:
+            pass
+        removed = PruningPlan(analysis, {g: tuple(v) for g, v in removals.items()}).removed_channels()
+        for atoms in _all_axes(analysis):
+            channels = analysis.channel_of_atom[atoms]
+            if atoms.size and removed[channels].all():
+                best = max(np.unique(channels).tolist(),
+                           key=lambda c: scores[int(analysis.group_of_channel[c])][analysis.index_in_group[c]])
+                gid, index = int(analysis.group_of_channel[best]), int(analysis.index_in_group[best])
+                removals[gid].remove(index)
+                break
+
+
+def _all_axes(analysis: Analysis):
+    yield from analysis.param_axes.values()
+    for layout in analysis.layouts.values():
+        parts = [layout] if isinstance(layout, dict) else [p for p in (layout or ()) if isinstance(p, dict)]
+        for part in parts:
+            yield from part.values()
+
+
+def plan_by_ratio(analysis: Analysis, scores: Mapping[int, np.ndarray], ratio: float,
+                  round_to: Optional[int] = None, skip_groups: frozenset[int] = frozenset()) -> PruningPlan:
+    """Remove ``ratio`` of every prunable group's channels, lowest scores first."""
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
+    removals: dict[int, list[int]] = {}
+    for group in analysis.prunable_groups:
+        if group.id in skip_groups:
+            continue
+        keep = _rounded_keep(group.size, group.size - int(ratio * group.size), round_to)
+        candidates = [i for i in np.argsort(scores[group.id], kind="stable").tolist() if not group.frozen[i]]
+        count = min(group.size - keep, len(candidates))
+        if count > 0:
+            removals[group.id] = sorted(candidates[:count])
+    _repair_emptied_axes(analysis, removals, scores)
+    return PruningPlan.build(analysis, removals)
+
+
+def random_plan(analysis: Analysis, seed: int = 0) -> PruningPlan:
+    """A random valid plan: each prunable group loses a random share of its prunable channels."""
+    rng = np.random.default_rng(seed)
+    removals: dict[int, list[int]] = {}
+    scores = {}
+    for group in analysis.prunable_groups:
+        scores[group.id] = rng.random(group.size)
+        candidates = np.flatnonzero(~group.frozen)
+        count = int(rng.integers(0, min(len(candidates), group.size - 1) + 1))
+        if count:
+            removals[group.id] = sorted(rng.choice(candidates, size=count, replace=False).tolist())
+    _repair_emptied_axes(analysis, removals, scores)
+    return PruningPlan.build(analysis, removals)

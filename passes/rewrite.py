@@ -1,0 +1,155 @@
+"""The rewrite pass: a new GraphModule with the planned channels physically removed."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from .analysis import Analysis
+from .plan import PruningPlan
+from .rule_registry import SlimView, rule_for
+from .shape_prop import fake_inputs_like, propagate_shapes
+
+__all__ = ["SlimError", "SlimPass", "slim_graph_module", "REMOVED_KEY"]
+
+REMOVED_KEY = "falf_fx.removed"  # gm.meta entry on a slim module: {parameter name: kept indices per dim}
+
+
+class SlimError(RuntimeError):
+    """The slim module does not have the shapes the analysis predicted (a bug: please report it)."""
+
+
+class SlimPass(PassBase):
+    """torch.fx pass: apply a PruningPlan made for the module it receives."""
+
+    def __init__(self, plan: PruningPlan, verify: bool = True) -> None:
+        self.plan = plan
+        self.verify = verify
+
+    def call(self, graph_module: fx.GraphModule) -> PassResult:
+        return PassResult(slim_graph_module(graph_module, self.plan, verify=self.verify), True)
+
+
+def _slim_view(analysis: Analysis, removed: np.ndarray) -> SlimView:
+    nodes = {n.name: n for n in analysis.graph_module.graph.nodes}
+
+    def kept_of(atoms: np.ndarray) -> np.ndarray:
+        return ~removed[analysis.channel_of_atom[atoms]]
+
+    def kept(node_name: str, dim: int) -> Optional[np.ndarray]:
+        layout = analysis.layouts.get(node_name)
+        if isinstance(layout, dict) and dim in layout:
+            return kept_of(layout[dim])
+        return None
+
+    def slim_of(value: Any, layout: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            shape = list(value.shape)
+            for dim, atoms in (layout or {}).items():
+                shape[dim] = int(kept_of(atoms).sum())
+            return torch.Size(shape)
+        if isinstance(value, (tuple, list)):
+            parts = layout if isinstance(layout, tuple) else (None,) * len(value)
+            return tuple(slim_of(v, p) for v, p in zip(value, parts))
+        return value
+
+    def slim_value(node_name: str) -> Any:
+        return slim_of(nodes[node_name].meta.get("val"), analysis.layouts.get(node_name))
+
+    return SlimView(kept, slim_value)
+
+
+def _set_tensor(root: nn.Module, qualified: str, value: torch.Tensor) -> None:
+    owner_name, _, attr = qualified.rpartition(".")
+    owner = root.get_submodule(owner_name)
+    old = getattr(owner, attr)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, attr, nn.Parameter(value, requires_grad=old.requires_grad))
+    elif attr in owner._buffers:
+        owner._buffers[attr] = value
+    else:
+        setattr(owner, attr, value)
+
+
+def _slice_parameters(root: fx.GraphModule, analysis: Analysis, removed: np.ndarray) -> dict[str, list]:
+    by_name: dict[str, dict[int, np.ndarray]] = {}
+    for axis, atoms in analysis.param_axes.items():
+        kept = ~removed[analysis.channel_of_atom[atoms]]
+        if not kept.all():
+            by_name.setdefault(axis.name, {})[axis.dim] = np.flatnonzero(kept)
+    record = {}
+    for name, dims in by_name.items():
+        tensor = root.get_parameter(name) if _is_param(root, name) else _get_tensor(root, name)
+        sliced = tensor.detach()
+        for dim, keep in dims.items():
+            sliced = sliced.index_select(dim, torch.as_tensor(keep, device=sliced.device))
+        sliced = sliced.contiguous()
+        for alias in analysis.param_aliases.get(name, (name,)):
+            _set_tensor(root, alias, sliced)
+        record[name] = {dim: keep.tolist() for dim, keep in dims.items()}
+    return record
+
+
+def _is_param(root: nn.Module, name: str) -> bool:
+    try:
+        root.get_parameter(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def _get_tensor(root: nn.Module, name: str) -> torch.Tensor:
+    owner_name, _, attr = name.rpartition(".")
+    return getattr(root.get_submodule(owner_name), attr)
+
+
+def _first_tensor_arg(node: fx.Node) -> Optional[fx.Node]:
+    for arg in node.all_input_nodes:
+        if isinstance(arg.meta.get("val"), torch.Tensor):
+            return arg
+    return None
+
+
+def _check_shapes(slim: fx.GraphModule, view: SlimView) -> None:
+    for node in slim.graph.nodes:
+        if node.op in ("output",) or "val" not in node.meta:
+            continue
+        expected = view.slim_value(node.name)
+        got = fx.node.map_aggregate(node.meta["val"], lambda v: v.shape if isinstance(v, torch.Tensor) else v)
+        if isinstance(expected, torch.Size) and torch.Size(got) != expected:
+            raise SlimError(f"node '{node.name}' has shape {tuple(got)} after slimming, expected {tuple(expected)}; "
+                            "this is a falf_fx bug, please report it with the model")
+
+
+def slim_graph_module(gm: fx.GraphModule, plan: PruningPlan, verify: bool = True) -> fx.GraphModule:
+    """Return a new GraphModule without the planned channels; ``gm`` is left untouched."""
+    analysis = plan.analysis
+    if [n.name for n in gm.graph.nodes] != [n.name for n in analysis.graph_module.graph.nodes]:
+        raise ValueError("this plan was made for a different graph: analyse the module you slim")
+    plan.validate()
+    removed = plan.removed_channels()
+    view = _slim_view(analysis, removed)
+    slim = copy.deepcopy(gm)
+    record = _slice_parameters(slim, analysis, removed)
+    for node in slim.graph.nodes:
+        rule = rule_for(node, slim)
+        if rule is None:
+            continue
+        if rule.rewrite_args is not None:
+            rule.rewrite_args(node, view)
+        if rule.refresh_module is not None and node.op == "call_module":
+            source = _first_tensor_arg(node)
+            rule.refresh_module(slim.get_submodule(node.target), view.slim_value(source.name),
+                                view.slim_value(node.name))
+    slim.graph.lint()
+    slim.recompile()
+    slim.meta[REMOVED_KEY] = record
+    slim.meta.pop("falf_fx.analysis", None)
+    if verify:
+        propagate_shapes(slim, fake_inputs_like(gm))
+        _check_shapes(slim, view)
+    return slim
