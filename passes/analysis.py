@@ -119,16 +119,25 @@ def _unknown_reason(node: fx.Node, auto_leaves: dict[str, str]) -> str:
     return "op not understood by the analysis"
 
 
+def _touches_tensors(node: fx.Node) -> bool:
+    values = [node.meta.get("val")] + [n.meta.get("val") for n in node.all_input_nodes]
+    found = []
+    fx.node.map_aggregate(values, lambda v: found.append(v) if isinstance(v, torch.Tensor) else None)
+    return bool(found)
+
+
 def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str],
                auto_leaves: dict[str, str]) -> dict[fx.Node, Any]:
     layouts: dict[fx.Node, Any] = {}
     for node in gm.graph.nodes:
-        if "val" not in node.meta and node.op != "output":
+        if node.op == "placeholder" and "val" not in node.meta:
             raise ValueError(f"{node_where(node)} has no shape information: trace the model with "
                              "falf_fx.trace(model, example_inputs) before analysing it")
         ctx = RuleContext(node, space, layouts, gm, canonical)
         value = node.meta.get("val")
-        if node.op == "placeholder":
+        if node.op in ("call_function", "call_method") and not _touches_tensors(node):
+            layouts[node] = untracked_like(value)  # Python arithmetic on sizes and the like
+        elif node.op == "placeholder":
             layouts[node] = untracked_like(value)
         elif node.op == "get_attr":
             if isinstance(value, torch.Tensor):

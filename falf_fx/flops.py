@@ -1,0 +1,74 @@
+"""Cost counting with fvcore: MACs (fvcore's "flops"), FLOPs = 2 x MACs, parameters."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+from passes.analysis import Analysis
+
+from .capture import as_input_tuple
+
+__all__ = ["Cost", "count_cost", "macs_by_module", "prunable_macs_share"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Multiply-accumulates and parameters of one forward pass (batch as given)."""
+
+    macs: int
+    params: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+
+def _analysis(model: nn.Module, inputs: tuple) -> FlopCountAnalysis:
+    counter = FlopCountAnalysis(model, inputs)
+    counter.unsupported_ops_warnings(False)
+    counter.uncalled_modules_warnings(False)
+    counter.tracer_warnings("none")
+    return counter
+
+
+def count_cost(model: nn.Module, example_inputs: Any) -> Cost:
+    inputs = as_input_tuple(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            macs = int(_analysis(model, inputs).total())
+    finally:
+        model.train(was_training)
+    return Cost(macs, sum(p.numel() for p in model.parameters()))
+
+
+def macs_by_module(model: nn.Module, example_inputs: Any) -> dict[str, int]:
+    """MACs of every leaf module by qualified name (functional ops count for their parent)."""
+    inputs = as_input_tuple(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            counts = _analysis(model, inputs).by_module()
+    finally:
+        model.train(was_training)
+    leaves = {name for name, m in model.named_modules() if not list(m.children())}
+    return {name: int(v) for name, v in counts.items() if name in leaves}
+
+
+def prunable_macs_share(analysis: Analysis, example_inputs: Any) -> float:
+    """Share of the model's MACs spent in layers that a prunable group can slim."""
+    gm = analysis.graph_module
+    per_module = macs_by_module(gm, example_inputs)
+    total = count_cost(gm, example_inputs).macs
+    touched = set()
+    for group in analysis.prunable_groups:
+        for member in group.param_members:
+            touched.add(member.name.rpartition(".")[0])
+    prunable = sum(macs for name, macs in per_module.items() if name in touched)
+    return prunable / total if total else 0.0

@@ -1,0 +1,31 @@
+"""Shared fixtures: deterministic seeds and models whose norms are not identities."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every norm layer random affine parameters and running statistics.
+
+    Fresh BatchNorms are identities (mean 0, var 1, weight 1, bias 0), which could
+    hide a wrongly sliced statistic; random ones make every channel distinct.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
