@@ -31,7 +31,8 @@ def as_input_tuple(example_inputs: Any) -> tuple:
 class _LeafTracer(fx.Tracer):
     """A tracer that knows extra leaves and remembers which module it was inside when it failed."""
 
-    def __init__(self, leaves: set[str], leaf_types: tuple[type, ...], leaf_ids: set[int]) -> None:
+    def __init__(self, leaves: frozenset[str] = frozenset(), leaf_types: tuple[type, ...] = (),
+                 leaf_ids: frozenset[int] = frozenset()) -> None:  # defaults: torch.load re-creates it bare
         super().__init__()
         self.leaves, self.leaf_types, self.leaf_ids = leaves, leaf_types, leaf_ids
         self.stack: list[str] = []

@@ -1,0 +1,97 @@
+"""prune/slim contracts: names kept, saveable, re-traceable, PassManager, importance, ignore, round_to."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch.fx.passes.infra.pass_manager import PassManager
+from torch.fx.passes.infra.pass_base import PassResult
+
+import falf_fx
+from falf_fx.flops import count_cost
+from falf_fx.models import resnet20, vgg16_cifar
+from falf_fx.testing import check_equivalence
+from passes import AnalysisPass, SlimPass
+from tests.conftest import randomize_norms
+
+
+@pytest.fixture(scope="module")
+def model_and_input():
+    return randomize_norms(resnet20()).eval(), torch.randn(2, 3, 32, 32)
+
+
+def test_slim_keeps_qualified_names_and_state_dict_keys(model_and_input):
+    model, x = model_and_input
+    slim = falf_fx.prune(model, x, ratio=0.5)
+    assert set(slim.state_dict()) == set(model.state_dict())
+    assert dict(slim.named_modules()).keys() >= {"layer1.0.conv1", "layer3.2.bn2", "fc"}
+    assert slim.get_submodule("layer1.0.conv1").out_channels == 8  # the block's inner width halves
+
+
+def test_slim_saves_loads_and_retraces(model_and_input):
+    model, x = model_and_input
+    slim = falf_fx.prune(model, x, ratio=0.5).eval()
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), slim(x))
+    retraced = torch.fx.symbolic_trace(loaded)
+    with torch.no_grad():
+        assert torch.equal(retraced(x), slim(x))
+
+
+def test_no_masks_remain(model_and_input):
+    model, x = model_and_input
+    slim = falf_fx.prune(model, x, ratio=0.5)
+    assert not any("mask" in name for name, _ in slim.named_buffers())
+    assert count_cost(slim, x).params < count_cost(model, x).params
+
+
+def test_passes_run_inside_a_pass_manager(model_and_input):
+    model, x = model_and_input
+    gm = falf_fx.trace(model, x)
+    seen = []
+
+    def user_pass(graph_module):
+        seen.append(len(graph_module.graph.nodes))
+        return PassResult(graph_module, False)
+
+    analysis_pass = AnalysisPass()
+    PassManager(passes=[user_pass, analysis_pass])(gm)
+    plan = falf_fx.random_plan(analysis_pass.result, seed=1)
+    result = PassManager(passes=[SlimPass(plan), user_pass])(gm)
+    assert len(seen) == 2 and result.modified
+    check_equivalence(model, x, plan)
+    assert count_cost(result.graph_module, x).macs < count_cost(gm, x).macs
+
+
+def test_random_importance_is_the_same_for_two_models_of_one_architecture():
+    x = torch.randn(1, 3, 32, 32)
+    first = falf_fx.prune(resnet20(), x, ratio=0.5, importance="random", seed=3)
+    second = falf_fx.prune(resnet20(), x, ratio=0.5, importance="random", seed=3)
+    other = falf_fx.prune(resnet20(), x, ratio=0.5, importance="random", seed=4)
+    kept = lambda gm: gm.meta["falf_fx.removed"]  # noqa: E731
+    assert kept(first) == kept(second)
+    assert kept(first) != kept(other)
+
+
+def test_l1_importance_removes_the_weakest_filters():
+    model = vgg16_cifar().eval()
+    with torch.no_grad():
+        model[0].weight[:32] *= 1e-3  # the first 32 filters of the first conv are tiny
+    slim = falf_fx.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5, importance="l1")
+    kept = slim.meta["falf_fx.removed"]["0.weight"][0]
+    assert kept == list(range(32, 64))
+
+
+def test_ignore_and_round_to():
+    model = resnet20().eval()
+    x = torch.randn(1, 3, 32, 32)
+    slim = falf_fx.prune(model, x, ratio=0.5, ignore=["layer2"])
+    assert slim.get_submodule("layer2.0.conv1").out_channels == 32
+    assert slim.get_submodule("layer1.0.conv1").out_channels == 8
+    rounded = falf_fx.prune(model, x, ratio=0.3, round_to=8)
+    assert all(m.out_channels % 8 == 0 for m in rounded.modules() if isinstance(m, torch.nn.Conv2d))

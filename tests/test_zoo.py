@@ -1,0 +1,42 @@
+"""Every torchvision classification model: trace, analyse, exact random plan, prune(0.5) cuts MACs."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchvision
+
+import falf_fx
+from falf_fx.flops import count_cost
+from falf_fx.testing import check_equivalence
+
+MODELS = torchvision.models.list_models(module=torchvision.models)
+
+# Reduced inputs keep CI fast; these architectures need a particular size.
+INPUT_SIZE = {"inception_v3": 96, "maxvit_t": 224, "vit_h_14": 56}
+BUILD_KWARGS = {name: {"image_size": INPUT_SIZE.get(name, 64)} for name in MODELS if name.startswith("vit_")}
+
+
+def _model_and_input(name: str):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10, **BUILD_KWARGS.get(name, {}))
+    size = INPUT_SIZE.get(name, 64)
+    return model.eval(), torch.randn(1, 3, size, size)
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", MODELS)
+def test_zoo_model(name: str) -> None:
+    model, x = _model_and_input(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = falf_fx.trace(model, x)
+        analysis = falf_fx.analyze(gm)
+        assert analysis.prunable_groups, f"{name}: nothing prunable"
+        result = check_equivalence(model, x, analysis=analysis, seed=0)
+        assert result.channels_removed > 0
+        slim = falf_fx.prune(model, x, ratio=0.5)
+        with torch.no_grad():
+            assert slim(x).shape == model(x).shape
+        assert count_cost(slim, x).macs < count_cost(model, x).macs
