@@ -117,9 +117,6 @@ def _cmd_flops(s: _Session) -> None:
 
 
 def _save(gm: fx.GraphModule, path: Path) -> None:
-    # torch.load rebuilds a GraphModule by instantiating its recorded tracer class with no
-    # arguments; falf_fx's tracer takes some, so record fx's default (equivalent on reload).
-    gm._tracer_cls = None
     try:
         torch.save(gm, path)
     except OSError as error:
