@@ -7,13 +7,18 @@ from torch import nn
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every norm layer random affine parameters and running statistics.
+    """Give every norm layer random affine parameters and running statistics, and
+    every constant-initialised parameter (zero classifier heads, 1e-6 layer scales,
+    zero class tokens) random values.
 
-    Fresh BatchNorms are identities (mean 0, var 1, weight 1, bias 0), which could
-    hide a wrongly sliced statistic; random ones make every channel distinct.
+    Fresh BatchNorms are identities (mean 0, var 1, weight 1, bias 0) and a zero
+    head makes every output 0: either could hide a wrongly sliced channel.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen))

@@ -10,6 +10,7 @@ import torchvision
 import falf_fx
 from falf_fx.flops import count_cost
 from falf_fx.testing import check_equivalence
+from tests.conftest import randomize_norms
 
 MODELS = torchvision.models.list_models(module=torchvision.models)
 
@@ -22,7 +23,7 @@ def _model_and_input(name: str):
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10, **BUILD_KWARGS.get(name, {}))
     size = INPUT_SIZE.get(name, 64)
-    return model.eval(), torch.randn(1, 3, size, size)
+    return randomize_norms(model).eval(), torch.randn(1, 3, size, size)
 
 
 @pytest.mark.zoo
