@@ -10,7 +10,7 @@ import numpy as np
 from passes.analysis import Analysis
 from passes.plan import PlanError, PruningPlan
 
-__all__ = ["plan_by_ratio", "random_plan"]
+__all__ = ["channel_mac_costs", "plan_by_ratio", "plan_for_macs", "random_plan"]
 
 
 def _rounded_keep(size: int, keep: int, round_to: Optional[int]) -> int:
@@ -76,5 +76,50 @@ def random_plan(analysis: Analysis, seed: int = 0) -> PruningPlan:
         count = int(rng.integers(0, min(len(candidates), group.size - 1) + 1))
         if count:
             removals[group.id] = sorted(rng.choice(candidates, size=count, replace=False).tolist())
+    _repair_emptied_axes(analysis, removals, scores)
+    return PruningPlan.build(analysis, removals)
+
+
+def channel_mac_costs(analysis: Analysis, macs_by_module: Mapping[str, int]) -> dict[int, np.ndarray]:
+    """Estimated MACs saved by removing each channel of each prunable group (first order).
+
+    A weight axis of size n in a layer costing m MACs saves m/n per removed position.
+    """
+    root = analysis.graph_module
+    costs = {}
+    for group in analysis.prunable_groups:
+        cost = np.zeros(group.size)
+        for member in group.param_members:
+            owner, _, attr = member.name.rpartition(".")
+            tensor = getattr(root.get_submodule(owner), attr)
+            if tensor.dim() < 2 or owner not in macs_by_module:
+                continue
+            np.add.at(cost, member.channels, macs_by_module[owner] / tensor.shape[member.dim])
+        costs[group.id] = cost
+    return costs
+
+
+def plan_for_macs(analysis: Analysis, scores: Mapping[int, np.ndarray], macs_to_remove: float,
+                  costs: Mapping[int, np.ndarray]) -> PruningPlan:
+    """Remove the globally least important channels until about ``macs_to_remove`` MACs go.
+
+    Scores are compared across groups after dividing by each group's mean, so a
+    layer's allocation follows its scores; no group loses its last channel.
+    """
+    candidates = []
+    for group in analysis.prunable_groups:
+        score = np.asarray(scores[group.id], dtype=np.float64)
+        scale = np.abs(score).mean() or 1.0
+        candidates.extend((score[i] / scale, group.id, i) for i in np.flatnonzero(~group.frozen))
+    candidates.sort()
+    removals: dict[int, list[int]] = {}
+    saved = 0.0
+    for _, gid, index in candidates:
+        if saved >= macs_to_remove:
+            break
+        if len(removals.get(gid, ())) + 1 >= analysis.groups[gid].size:
+            continue
+        removals.setdefault(gid, []).append(int(index))
+        saved += costs[gid][index]
     _repair_emptied_axes(analysis, removals, scores)
     return PruningPlan.build(analysis, removals)

@@ -24,7 +24,7 @@ from .errors import FalfError
 __all__ = ["TrainConfig", "TrainingError", "train", "evaluate", "is_distributed", "all_reduce_mean",
            "init_distributed_from_env", "LossFn"]
 
-LossFn = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, inputs, targets) -> loss
+LossFn = Callable[[Any, tuple], torch.Tensor]  # (outputs, batch) -> loss; batch = (inputs, targets, ...)
 
 
 class TrainingError(FalfError):
@@ -156,7 +156,7 @@ def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainCo
             for index, batch in _batches(_epoch_loader(loader, config.seed, epoch), config.max_batches):
                 inputs, targets = _split(batch)
                 outputs = net(inputs)
-                loss = loss_fn(outputs, inputs, targets)
+                loss = loss_fn(outputs, batch)
                 if not torch.isfinite(loss):
                     where = checkpoints.path(phase) if checkpoints is not None else "none (no checkpoint_dir)"
                     raise TrainingError(f"the loss became {loss.item()} in phase '{phase}', epoch {epoch + 1}, "

@@ -13,7 +13,7 @@ from falf_fx.checkpoint import CheckpointError, CheckpointStore
 from falf_fx.models import lenet5
 from falf_fx.training import TrainConfig, TrainingError, evaluate, train
 
-CE = lambda out, x, y: torch.nn.functional.cross_entropy(out, y)  # noqa: E731
+CE = lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1])  # noqa: E731
 
 
 @pytest.fixture
@@ -67,9 +67,9 @@ def test_nan_loss_names_the_batch_and_keeps_the_last_good_checkpoint(loader, tmp
     train(model, loader, CE, TrainConfig(epochs=1), checkpoints=store, phase="p", progress=False)
     calls = []
 
-    def nan_on_third(out, x, y):
+    def nan_on_third(out, batch):
         calls.append(1)
-        return CE(out, x, y) * (float("nan") if len(calls) == 3 else 1.0)
+        return CE(out, batch) * (float("nan") if len(calls) == 3 else 1.0)
 
     with pytest.raises(TrainingError, match=r"phase 'p', epoch 1, batch 3; last good checkpoint: .*p\.pt"):
         train(model, loader, nan_on_third, TrainConfig(epochs=1), checkpoints=store, phase="p", progress=False)

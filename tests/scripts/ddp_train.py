@@ -12,7 +12,7 @@ rank = torch.distributed.get_rank()
 torch.manual_seed(0)
 data = TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
 model = lenet5()
-loss = lambda out, x, y: torch.nn.functional.cross_entropy(out, y)  # noqa: E731
+loss = lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1])  # noqa: E731
 train(model, DataLoader(data, batch_size=8, shuffle=True), loss, TrainConfig(epochs=1, lr=0.05), progress=False)
 local_scores = torch.full((4,), float(rank))  # each rank sees different data; the decision must be shared
 torch.save({"weights": model.state_dict(), "scores": all_reduce_mean(local_scores)}, f"{sys.argv[1]}/rank{rank}.pt")
