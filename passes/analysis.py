@@ -18,6 +18,7 @@ from . import rules  # noqa: F401  (registers every rule)
 from .channel_space import ChannelSpace, ParamAxis
 from .rule_registry import RuleContext, node_where, rule_for
 from .rules.common import freeze_inputs, untracked_like
+from .size_flow import combine_counts, freeze_counts, read_count
 
 __all__ = ["Analysis", "AnalysisPass", "ChannelGroup", "GroupMember", "analyze_graph", "AUTO_LEAVES_KEY"]
 
@@ -129,6 +130,7 @@ def _touches_tensors(node: fx.Node) -> bool:
 def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str],
                auto_leaves: dict[str, str]) -> dict[fx.Node, Any]:
     layouts: dict[fx.Node, Any] = {}
+    counts: dict[fx.Node, Any] = {}  # int-valued nodes -> the channel counts they were computed from
     for node in gm.graph.nodes:
         if node.op == "placeholder" and "val" not in node.meta:
             raise ValueError(f"{node_where(node)} has no shape information: trace the model with "
@@ -137,6 +139,7 @@ def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str
         value = node.meta.get("val")
         if node.op in ("call_function", "call_method") and not _touches_tensors(node):
             layouts[node] = untracked_like(value)  # Python arithmetic on sizes and the like
+            counts[node] = combine_counts(node, counts)
         elif node.op == "placeholder":
             layouts[node] = untracked_like(value)
         elif node.op == "get_attr":
@@ -148,12 +151,16 @@ def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str
                 layouts[node] = None
         elif node.op == "output":
             ctx.freeze_value([layouts.get(n) for n in node.all_input_nodes], "model output")
+            freeze_counts(space, node, counts, "model output")
         else:
             rule = rule_for(node, gm)
+            if rule is None or not rule.takes_sizes:
+                freeze_counts(space, node, counts, ctx.where)
             if rule is None:
                 layouts[node] = freeze_inputs(ctx, _unknown_reason(node, auto_leaves))
             else:
                 layouts[node] = rule.propagate(ctx)
+            counts[node] = read_count(node, layouts)
     return layouts
 
 

@@ -47,11 +47,15 @@ def reshape_chunks(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tu
 def _pick_output_dim(grid: np.ndarray, dynamic: Sequence[bool]) -> int:
     """Choose the output dim that carries the channels.
 
-    Prefer a dim along which the atoms are already constant across the other
-    dims (no new coupling needed); else the largest dim (finest pruning
-    granularity), then one whose size is computed at run time, then the outermost.
+    Only dims that leave no run-time size beside them qualify, if any do (a
+    run-time size beside the channels freezes them).  Among those, prefer a dim
+    along which the atoms are already constant across the other dims (no new
+    coupling needed); else the largest dim (finest pruning granularity), then
+    one whose size is computed at run time, then the outermost.
     """
     candidates = [k for k in range(grid.ndim) if grid.shape[k] > 1]
+    alone = [k for k in candidates if not any(dynamic[j] for j in candidates if j != k)]
+    candidates = alone or candidates
     for k in candidates:
         rows = np.moveaxis(grid, k, 0).reshape(grid.shape[k], -1)
         if (rows == rows[:, :1]).all():

@@ -7,6 +7,9 @@ A rule has up to three parts:
 * ``refresh_module(module, in_shape, out_shape)`` — rewrite: update a leaf
   module's hyper-parameters (``in_channels``, ``num_features``...) to the
   slim shapes.
+* ``takes_sizes`` — the rule judges sizes computed at run time in its args
+  itself (view, reshape); anywhere else a channel count read at run time
+  freezes the channels it was read from (see ``size_flow``).
 
 Ops without a rule are *unknown*: their channels are frozen, never guessed.
 """
@@ -132,6 +135,7 @@ class OpRule:
     propagate: Callable[[RuleContext], Any]
     rewrite_args: Optional[Callable[[fx.Node, SlimView], None]] = None
     refresh_module: Optional[Callable[[nn.Module, Sequence[int], Sequence[int]], None]] = None
+    takes_sizes: bool = False
 
 
 @dataclass
@@ -146,9 +150,10 @@ _REGISTRY = _Registry()
 
 def register_rule(*targets: Any, propagate: Callable[[RuleContext], Any],
                   rewrite_args: Optional[Callable[[fx.Node, SlimView], None]] = None,
-                  refresh_module: Optional[Callable[[nn.Module, Sequence[int], Sequence[int]], None]] = None) -> OpRule:
+                  refresh_module: Optional[Callable[[nn.Module, Sequence[int], Sequence[int]], None]] = None,
+                  takes_sizes: bool = False) -> OpRule:
     """Register one rule for module classes, functions and method names alike."""
-    rule = OpRule(propagate, rewrite_args, refresh_module)
+    rule = OpRule(propagate, rewrite_args, refresh_module, takes_sizes)
     for target in targets:
         if isinstance(target, str):
             _REGISTRY.methods[target] = rule

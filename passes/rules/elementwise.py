@@ -24,7 +24,7 @@ UNARY_FUNCTIONS = (
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
     torch.abs, torch.neg, torch.square, torch.sign, torch.erf, torch.sin, torch.cos,
     torch.nn.functional.hardtanh_, torch.dropout, torch.reciprocal,
-    operator.neg, operator.pos, operator.abs,
+    operator.neg, operator.pos, operator.abs, operator.invert, torch.logical_not,
 )
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "sqrt", "rsqrt", "abs",
@@ -46,13 +46,15 @@ BINARY_FUNCTIONS = (
     operator.imul, operator.itruediv, operator.floordiv,
     torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
     torch.true_divide, torch.maximum, torch.minimum, torch.where, torch.lerp, torch.addcmul,
-    torch.addcdiv, torch.pow, torch.clamp, torch.clip,
+    torch.addcdiv, torch.pow, torch.clamp, torch.clip, operator.pow,
+    operator.gt, operator.lt, operator.ge, operator.le, operator.eq, operator.ne, operator.and_, operator.or_,
+    torch.gt, torch.lt, torch.ge, torch.le, torch.eq, torch.ne, torch.logical_and, torch.logical_or,
 )
 BINARY_METHODS = (
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "truediv", "maximum", "minimum",
     "masked_fill", "masked_fill_", "lerp", "addcmul", "addcdiv", "expand_as", "__add__", "__mul__",
     "__sub__", "__truediv__", "__radd__", "__rmul__", "pow", "pow_", "clamp", "clamp_", "clip",
-    "clamp_min", "clamp_max",
+    "clamp_min", "clamp_max", "gt", "lt", "ge", "le", "eq", "ne",
 )
 
 

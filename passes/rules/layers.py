@@ -141,22 +141,36 @@ register_rule(F.linear, propagate=_linear_functional)
 _NORM_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 
+def norm_channels(ctx: RuleContext, x: fx.Node, params: Sequence[Optional[str]], cdim: int) -> Layout:
+    """A norm with statistics per channel of ``cdim``: its parameters are sliced with those channels."""
+    layout = dict(ctx.layout(x) or {})
+    for d in list(layout):
+        if d != cdim:
+            ctx.freeze({d: layout.pop(d)}, "normalised over a channel axis")
+    for name in params:
+        ctx.bind(name, 0, layout.get(cdim))
+    return layout
+
+
 def _per_channel_norm(n_spatial: Optional[int]):
     """BatchNorm/InstanceNorm: statistics per channel, over batch and space."""
 
     def propagate(ctx: RuleContext) -> Layout:
         x = ctx.node.args[0]
-        rank = len(ctx.shape(x))
-        cdim = 1 if n_spatial is None else rank - n_spatial - 1
-        layout = dict(ctx.layout(x) or {})
-        for d in list(layout):
-            if d != cdim:
-                ctx.freeze({d: layout.pop(d)}, "normalised over a channel axis")
-        for name in _NORM_PARAMS:
-            ctx.bind(ctx.module_param(name), 0, layout.get(cdim))
-        return layout
+        cdim = 1 if n_spatial is None else len(ctx.shape(x)) - n_spatial - 1
+        return norm_channels(ctx, x, [ctx.module_param(name) for name in _NORM_PARAMS], cdim)
 
     return propagate
+
+
+def _batch_norm_functional(ctx: RuleContext) -> Layout:
+    """F.batch_norm(x, running_mean, running_var, weight, bias, ...) with the model's own tensors."""
+    names = ("running_mean", "running_var", "weight", "bias")  # positional order of F.batch_norm
+    values = [ctx.arg(i, name) for i, name in enumerate(names, start=1)]
+    params = [_param_of(ctx, v) for v in values]
+    if any(v is not None and p is None for v, p in zip(values, params)):
+        return freeze_inputs(ctx, "statistics that are not parameters of the model")
+    return norm_channels(ctx, ctx.arg(0, "input"), params, cdim=1)
 
 
 def _refresh_norm(n_spatial: Optional[int]):
@@ -169,6 +183,7 @@ def _refresh_norm(n_spatial: Optional[int]):
 
 register_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
               propagate=_per_channel_norm(None), refresh_module=_refresh_norm(None))
+register_rule(F.batch_norm, propagate=_batch_norm_functional)
 for _n, _cls in ((1, nn.InstanceNorm1d), (2, nn.InstanceNorm2d), (3, nn.InstanceNorm3d)):
     register_rule(_cls, propagate=_per_channel_norm(_n), refresh_module=_refresh_norm(_n))
 

@@ -28,12 +28,20 @@ def _shape_args(node: fx.Node) -> tuple[Optional[list], Optional[str]]:
         rest = list(node.args[1:])
         if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
             return list(rest[0]), "packed"
+        if len(rest) == 1 and isinstance(rest[0], fx.Node):
+            return _whole_shape(node, rest[0])
         return rest, "varargs"
     if node.target is torch.reshape:
-        return list(node.args[1]) if len(node.args) > 1 else list(node.kwargs["shape"]), "packed"
+        shape = node.args[1] if len(node.args) > 1 else node.kwargs["shape"]
+        return _whole_shape(node, shape) if isinstance(shape, fx.Node) else (list(shape), "packed")
     if node.target == "unflatten" or node.target is torch.unflatten:
         return None, None
     return None, None
+
+
+def _whole_shape(node: fx.Node, shape: fx.Node) -> tuple[list, str]:
+    """``x.view(y.size())``: one run-time value stands for every size."""
+    return [shape] * node.meta["val"].dim(), "node"
 
 
 def _is_dynamic(size: Any) -> bool:
@@ -63,7 +71,8 @@ def _rewrite_shape_args(node: fx.Node, slim: SlimView) -> None:
         node.args = (node.args[0], tuple(new_sizes), *node.args[2:])
 
 
-register_rule("view", "reshape", torch.reshape, propagate=_reshape, rewrite_args=_rewrite_shape_args)
+register_rule("view", "reshape", torch.reshape, propagate=_reshape, rewrite_args=_rewrite_shape_args,
+              takes_sizes=True)
 register_rule(torch.flatten, "flatten", nn.Flatten, torch.squeeze, torch.unsqueeze, "squeeze", "unsqueeze",
               propagate=_reshape)
 
