@@ -102,8 +102,8 @@ def group_norm_net() -> nn.Module:
 
 
 class LayerNormOverChannels(nn.Module):
-    """LayerNorm over an MLP's features and, via permute, over a conv's channels (both frozen);
-    LayerNorm over H and W only leaves the channels free."""
+    """LayerNorm over an MLP's features, via permute over a conv's channels, and functionally over
+    (C, H, W) (all frozen); LayerNorm over H and W only leaves the channels free."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -116,10 +116,14 @@ class LayerNormOverChannels(nn.Module):
         self.spatial = nn.Conv2d(3, 6, 3, padding=1)
         self.norm_hw = nn.LayerNorm([6, 6])
         self.spatial_out = nn.Conv2d(6, 4, 1)
+        self.whole = nn.Conv2d(3, 5, 3, padding=1)
+        self.whole_out = nn.Conv2d(5, 4, 1)
 
     def forward(self, x, v):
         y = self.norm2d(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.conv_out(y), self.fc2(self.norm(self.fc1(v))), self.spatial_out(self.norm_hw(self.spatial(x)))
+        z = self.whole(x)
+        return (self.conv_out(y), self.fc2(self.norm(self.fc1(v))), self.spatial_out(self.norm_hw(self.spatial(x))),
+                self.whole_out(F.layer_norm(z, z.shape[1:])))
 
 
 class PReLUNet(nn.Module):

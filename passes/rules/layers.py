@@ -220,7 +220,7 @@ def _layer_norm(ctx: RuleContext) -> Layout:
     if ctx.node.op == "call_module":
         normalized = len(ctx.module.normalized_shape)
     else:
-        shape = ctx.arg(1, "normalized_shape")
+        shape = ctx.val(ctx.arg(1, "normalized_shape"))  # x.shape[-2:] arrives as one node
         normalized = len(shape) if isinstance(shape, (tuple, list)) else 1
     layout = dict(ctx.layout(x) or {})
     for d in list(layout):
