@@ -7,11 +7,12 @@ from .capture import trace
 from .errors import EquivalenceError, FalfError, PlanError, ShapePropagationError, SlimError, TraceError
 from .importance import group_importance
 from .planning import plan_by_ratio, random_plan
+from .serialize import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Analysis", "ChannelGroup", "GroupMember", "PruningPlan", "analyze", "prune", "slim", "trace",
     "EquivalenceError", "FalfError", "PlanError", "ShapePropagationError", "SlimError", "TraceError",
-    "group_importance", "plan_by_ratio", "random_plan",
+    "group_importance", "plan_by_ratio", "random_plan", "load", "save",
 ]
