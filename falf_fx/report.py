@@ -23,7 +23,7 @@ from passes.analysis import Analysis, ChannelGroup
 from .capture import as_input_tuple
 from .flops import Cost, count_cost, macs_by_module
 
-__all__ = ["CONVENTION", "CostReport", "GroupSummary", "GroupsReport", "NodeSummary", "graph_nodes",
+__all__ = ["CONVENTION", "compress_table", "CostReport", "GroupSummary", "GroupsReport", "NodeSummary", "graph_nodes",
            "graph_json", "graph_table", "to_dot"]
 
 CONVENTION = "MACs = multiply-accumulates as counted by fvcore; FLOPs = 2 x MACs"
@@ -312,3 +312,19 @@ def to_dot(analysis: Analysis, name: str = "model") -> str:
         lines.extend(f"  {_dot_quote(src)} -> {_dot_quote(node.name)};" for src in node.inputs)
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def compress_table(report: dict[str, Any], title: str = "compress") -> Table:
+    """Before/after of falf_fx.compress: accuracy, MACs, FLOPs, parameters, CPU latency."""
+    table = Table(title=title, caption=CONVENTION)
+    for column in ("", "Before", "After", "After / before"):
+        table.add_column(column, justify="right" if column else "left")
+    before, after = report["before"], report["after"]
+    if before.get("accuracy") is not None:
+        table.add_row("Accuracy", f"{before['accuracy']:.4f}", f"{after['accuracy']:.4f}",
+                      f"{after['accuracy'] - before['accuracy']:+.4f}")
+    for label, key in (("MACs", "macs"), ("FLOPs", "flops"), ("Parameters", "params")):
+        table.add_row(label, _si(before[key]), _si(after[key]), f"{after[key] / before[key]:.3f}")
+    table.add_row("CPU latency (ms)", f"{before['latency_ms']:.3f}", f"{after['latency_ms']:.3f}",
+                  f"{after['latency_ms'] / before['latency_ms']:.3f}")
+    return table

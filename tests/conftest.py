@@ -1,6 +1,8 @@
 """Shared fixtures: deterministic seeds and models whose norms are not identities."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -29,6 +31,10 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 if getattr(m, "bias", None) is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=gen))
     return model
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one thread per xdist worker: two workers on two cores, no oversubscription
 
 
 @pytest.fixture(autouse=True)
