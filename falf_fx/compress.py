@@ -1,0 +1,179 @@
+"""compress(): score -> slim -> fine-tune rounds until a MACs target or an accuracy tolerance."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import fx, nn
+from torch.utils.data import DataLoader
+
+from passes.analysis import analyze_graph
+from passes.rewrite import slim_graph_module
+
+from .capture import trace
+from .checkpoint import CheckpointError, CheckpointStore, fingerprint
+from .errors import FalfError
+from .flops import count_cost, macs_by_module
+from .methods import make_method
+from .methods.base import Round
+from .planning import channel_mac_costs, plan_for_macs
+from .training import TrainConfig, evaluate, is_distributed, train
+
+__all__ = ["CompressResult", "compress"]
+
+_STATE = "compress"  # checkpoint phase name of the round-level state
+
+
+@dataclass
+class CompressResult:
+    model: fx.GraphModule
+    report: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _default_loss(outputs: torch.Tensor, batch: tuple) -> torch.Tensor:
+    return nn.functional.cross_entropy(outputs, batch[1])
+
+
+def _first_batch(loader: DataLoader) -> tuple:
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise FalfError("the training loader is empty") from None
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise FalfError("the training loader must yield (inputs, targets) batches")
+    return tuple(batch)
+
+
+def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> int:
+    """Number of classes; clear errors when outputs are not logits or labels do not fit."""
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        outputs = model(batch[0])
+        model.train(was)
+    if custom_loss:
+        return int(outputs.shape[-1]) if isinstance(outputs, torch.Tensor) and outputs.dim() >= 2 else 2
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2:
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise FalfError(f"the model's outputs ({shape}) are not class logits (batch, classes): pass loss_fn=")
+    classes, labels = int(outputs.shape[1]), batch[1]
+    if labels.dtype not in (torch.int64, torch.int32) or labels.min() < 0 or labels.max() >= classes:
+        raise FalfError(f"labels range from {int(labels.min())} to {int(labels.max())} but the model has {classes} "
+                        "outputs: fix the labels, or pass loss_fn= if the outputs are not class logits")
+    return classes
+
+
+def _latency_ms(model: nn.Module, x: torch.Tensor) -> float:
+    from torch.utils import benchmark
+
+    model.eval()
+    with torch.no_grad():
+        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x})
+        return timer.blocked_autorange(min_run_time=0.2).median * 1e3
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    return {name: m.out_channels if hasattr(m, "out_channels") else m.out_features
+            for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+
+
+def _check_target(gm: fx.GraphModule, example: torch.Tensor, target_macs: float) -> None:
+    """Say why before any training if the target cannot be reached."""
+    if not 0.0 < target_macs < 1.0:
+        raise ValueError(f"target_macs is a fraction of the original MACs in (0, 1), got {target_macs}")
+    analysis = analyze_graph(gm)
+    total = count_cost(gm, example).macs
+    costs = channel_mac_costs(analysis, macs_by_module(gm, example))
+    removable = sum(float(c.sum() - c.max()) for c in costs.values())
+    floor = max(total - removable, 0.0) / total
+    if target_macs < floor:
+        frozen = sorted({r for g in analysis.groups for r in g.reasons})[:3]
+        raise ValueError(f"target_macs={target_macs} cannot be reached: even with one channel left per prunable "
+                         f"group about {floor:.3f} of the MACs remain (frozen layers: {'; '.join(frozen) or 'none'})")
+
+
+def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", example_inputs: Any = None,
+             val_loader: Optional[DataLoader] = None, loss_fn: Optional[Callable] = None,
+             target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: int = 4, step: float = 0.3,
+             finetune_epochs: int = 1, finetune_lr: float = 0.01, checkpoint_dir: Optional[str] = None,
+             resume: bool = False, seed: int = 0, progress: bool = True, **method_options) -> CompressResult:
+    """Compress a trained classifier: rounds of score -> slim -> fine-tune.
+
+    Stops at ``target_macs`` (fraction of the original MACs) or before the accuracy
+    on ``val_loader`` drops by more than ``tolerance`` (e.g. 0.01 = one point).
+    """
+    if target_macs is None and tolerance is None:
+        raise ValueError("give target_macs (e.g. 0.25 of the original MACs), tolerance (e.g. 0.01), or both")
+    if tolerance is not None and val_loader is None:
+        raise ValueError("tolerance is measured on val_loader: pass val_loader=")
+    pruner = make_method(method, **method_options)
+    batch = _first_batch(loader)
+    example = example_inputs if example_inputs is not None else batch[0][:1]
+    classes = _check_classifier(model, batch, loss_fn is not None)
+    main_loss = loss_fn or _default_loss
+    store = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
+    if resume and (store is None or not store.has_any()):
+        raise CheckpointError(f"resume=True but there is no checkpoint in {checkpoint_dir!r}")
+
+    gm = trace(model, example)
+    origin = fingerprint(gm)
+    if target_macs is not None:
+        _check_target(gm, example, target_macs)
+    before = count_cost(gm, example)
+    base_acc = evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None
+    report_before = {"macs": before.macs, "flops": before.flops, "params": before.params, "accuracy": base_acc,
+                     "latency_ms": _latency_ms(gm, example), "widths": _widths(gm)}
+    history: list[dict[str, Any]] = []
+    start_round = 0
+    if resume and store.path(_STATE).exists():
+        state = torch.load(store.path(_STATE), weights_only=False)  # our own checkpoint: holds the slim graph
+        if state["origin"] != origin:
+            raise CheckpointError(f"checkpoint {store.path(_STATE)} was written for a different model")
+        gm, history, start_round = state["model"], state["history"], state["round"] + 1
+
+    for index in range(start_round, rounds):
+        current = count_cost(gm, example).macs
+        if target_macs is not None and current <= target_macs * before.macs * 1.001:
+            break
+        if target_macs is not None:  # geometric schedule that lands on the target in the last round
+            goal_macs = before.macs * target_macs ** ((index + 1) / rounds)
+        else:  # tolerance only: take a fixed share of what is left, until accuracy says stop
+            goal_macs = current * (1.0 - step)
+        analysis = analyze_graph(gm)
+        round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, store, resume, progress)
+        scores = pruner.scores(round_)
+        plan = plan_for_macs(analysis, scores, current - goal_macs,
+                             channel_mac_costs(analysis, macs_by_module(gm, example)))
+        candidate = slim_graph_module(gm, plan)
+        train(candidate, loader, main_loss, TrainConfig(epochs=finetune_epochs, lr=finetune_lr, seed=seed),
+              phase=f"round{index}-finetune", checkpoints=store, resume=resume, progress=progress)
+        record = {"round": index + 1, "method": pruner.name, "channels_removed": plan.num_removed,
+                  "macs": count_cost(candidate, example).macs}
+        record["macs_ratio"] = record["macs"] / before.macs
+        if val_loader is not None:
+            record["accuracy"] = evaluate(candidate, val_loader)["accuracy"]
+        if tolerance is not None and base_acc - record["accuracy"] > tolerance:
+            record["kept"] = False  # outside the tolerance: keep the previous round's model and stop
+            history.append(record)
+            break
+        record["kept"] = True
+        history.append(record)
+        gm = candidate
+        if store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
+            store.directory.mkdir(parents=True, exist_ok=True)
+            torch.save({"origin": origin, "model": gm, "history": history, "round": index}, store.path(_STATE))
+    after = count_cost(gm, example)
+    report = {"before": report_before,
+              "after": {"macs": after.macs, "flops": after.flops, "params": after.params,
+                        "accuracy": evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None,
+                        "latency_ms": _latency_ms(gm, example), "widths": _widths(gm)},
+              "method": pruner.name, "macs_ratio": after.macs / before.macs}
+    if store is not None:
+        Path(store.directory, "report.json").write_text(json.dumps({**report, "history": history}, indent=1) + os.linesep)
+    return CompressResult(gm, report, history)

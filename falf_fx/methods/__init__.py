@@ -1,0 +1,21 @@
+"""Pruning criteria, by the name users pass as ``method=``."""
+from __future__ import annotations
+
+from typing import Any
+
+from .base import PruningMethod, Round
+from .falf import FALF, Stability
+from .magnitude import Magnitude
+
+__all__ = ["METHODS", "FALF", "Magnitude", "PruningMethod", "Round", "Stability", "make_method"]
+
+METHODS = {"falf": FALF, "stability": Stability, "magnitude": Magnitude}
+
+
+def make_method(name: str, **options: Any) -> PruningMethod:
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, not {name!r}")
+    try:
+        return METHODS[name](**options)
+    except TypeError as error:
+        raise ValueError(f"method {name!r} does not take these options: {error}") from error

@@ -1,0 +1,150 @@
+"""FALF: filters recruited by a fatuous (meaningless) auxiliary task are the ones to prune.
+
+Each round: attach a fatuous head (instrumentation pass), train ``L_main + lam * L_fatuous``
+briefly at a small learning rate, then score every channel by its devotion to the
+fatuous task, either by how far its weights drifted (``drift``, the Stability
+method of the WACV 2019 paper) or by the share of its Taylor saliency that goes
+to the fatuous loss (``taylor``).  Steps 3 and 5 of methods.md are reconstructions:
+every choice here is an option, settled by the ablation.
+
+A channel's score (higher = keep) is its main-task Taylor saliency discounted by
+its devotion d in [0, 1]: ``S_main * (1 - d)``.  Devotion alone would keep dead
+filters (a filter whose output is always zero neither drifts nor has saliency,
+so it looks undevoted); the main-task factor sends those first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from passes.instrument import AttachFatuousHeads
+
+from ..data import with_indices
+from ..training import TrainConfig, train
+from .base import Round, shared_scores, weight_members
+
+__all__ = ["FALF", "Stability", "FATUOUS_TARGETS", "FALF_SCORES"]
+
+FATUOUS_TARGETS = ("random", "constant", "uniform", "noise")
+FALF_SCORES = ("drift", "taylor")
+
+
+@dataclass
+class FatuousTask:
+    """Targets for the fatuous head, fixed per sample for the whole run."""
+
+    kind: str
+    num_outputs: int
+    num_samples: int
+    seed: int
+    table: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FATUOUS_TARGETS:
+            raise ValueError(f"fatuous target must be one of {FATUOUS_TARGETS}, not {self.kind!r}")
+        gen = torch.Generator().manual_seed(self.seed)
+        if self.kind == "random":
+            self.table = torch.randint(0, self.num_outputs, (self.num_samples,), generator=gen)
+        elif self.kind == "noise":
+            self.table = torch.randn(self.num_samples, self.num_outputs, generator=gen)
+        else:
+            self.table = torch.zeros(self.num_samples, dtype=torch.long)
+
+    def loss(self, aux: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        if self.kind in ("random", "constant"):
+            return nn.functional.cross_entropy(aux, self.table[indices])
+        if self.kind == "uniform":  # cross-entropy to the uniform distribution: maximise entropy
+            return -nn.functional.log_softmax(aux, dim=1).mean()
+        return nn.functional.mse_loss(aux, self.table[indices])
+
+
+def _per_channel(round_: Round, values: dict[str, torch.Tensor], reduce_sq: bool) -> dict[int, np.ndarray]:
+    """Sum a per-parameter tensor over each channel's slices, group by group."""
+    out = {}
+    for group in round_.analysis.prunable_groups:
+        total = np.zeros(group.size)
+        for member, tensor in weight_members(round_.analysis, group.id):
+            value = values[member.name]
+            moved = value.movedim(member.dim, 0).reshape(value.shape[member.dim], -1)
+            per_pos = (moved.pow(2) if reduce_sq else moved.abs()).sum(1).double().numpy()
+            np.add.at(total, member.channels, per_pos[member.positions])
+        out[group.id] = total
+    return out
+
+
+@dataclass
+class FALF:
+    """Options: ``target`` (fatuous task), ``score``, ``lam`` (weight of the fatuous loss),
+    ``aux_epochs`` and ``aux_lr`` (the short, gentle auxiliary phase), ``points``
+    (attachment nodes; default the last feature map), ``taylor_batches``."""
+
+    target: str = "random"
+    score: str = "drift"
+    lam: float = 1.0
+    aux_epochs: int = 1
+    aux_lr: float = 1e-3
+    points: Optional[list[str]] = None
+    taylor_batches: int = 8
+    name: str = "falf"
+
+    def __post_init__(self) -> None:
+        if self.score not in FALF_SCORES:
+            raise ValueError(f"FALF score must be one of {FALF_SCORES}, not {self.score!r}")
+        if self.target not in FATUOUS_TARGETS:
+            raise ValueError(f"fatuous target must be one of {FATUOUS_TARGETS}, not {self.target!r}")
+
+    def scores(self, round_: Round) -> dict[int, np.ndarray]:
+        loader = with_indices(round_.train_loader)
+        task = FatuousTask(self.target, round_.num_classes, len(loader.dataset), round_.seed)
+        instrumented = AttachFatuousHeads(round_.num_classes, self.points, seed=round_.seed)(round_.gm).graph_module
+        before = {name: p.detach().clone() for name, p in round_.gm.named_parameters()}
+
+        def combined(outputs, batch):
+            main, heads = outputs
+            fatuous = sum(task.loss(head, batch[2]) for head in heads) / len(heads)
+            return round_.main_loss(main, batch) + self.lam * fatuous
+
+        train(instrumented, loader, combined,
+              TrainConfig(epochs=self.aux_epochs, lr=self.aux_lr, seed=round_.seed, schedule="constant"),
+              phase=f"round{round_.index}-fatuous", checkpoints=round_.checkpoints, resume=round_.resume,
+              progress=round_.progress)
+        main, fatuous = self._saliency(round_, instrumented, loader, task)
+        if self.score == "drift":
+            drift = {n: p.detach() - before[n] for n, p in round_.gm.named_parameters()}
+            moved = _per_channel(round_, drift, reduce_sq=True)
+            size = _per_channel(round_, before, reduce_sq=True)
+            relative = {g: np.sqrt(moved[g]) / (np.sqrt(size[g]) + 1e-12) for g in moved}
+            devotion = {g: r / (r + np.median(r) + 1e-12) for g, r in relative.items()}
+        else:
+            devotion = {g: fatuous[g] / (fatuous[g] + main[g] + 1e-12) for g in main}
+        return shared_scores({g: main[g] * (1.0 - devotion[g]) for g in main})
+
+    def _saliency(self, round_: Round, instrumented, loader, task) -> tuple[dict, dict]:
+        """Per channel, |w * dL/dw| summed over a few batches, for the main and the fatuous loss."""
+        params = dict(round_.gm.named_parameters())
+        saliency = {"fatuous": {n: torch.zeros_like(p) for n, p in params.items()},
+                    "main": {n: torch.zeros_like(p) for n, p in params.items()}}
+        instrumented.eval()
+        for index, batch in enumerate(loader):
+            if index >= self.taylor_batches:
+                break
+            for kind in ("fatuous", "main"):
+                instrumented.zero_grad(set_to_none=True)
+                main, heads = instrumented(batch[0])
+                loss = (sum(task.loss(h, batch[2]) for h in heads) if kind == "fatuous"
+                        else round_.main_loss(main, batch))
+                loss.backward()
+                for name, p in params.items():
+                    if p.grad is not None:
+                        saliency[kind][name] += (p.grad * p).detach().abs()
+        return (_per_channel(round_, saliency["main"], reduce_sq=False),
+                _per_channel(round_, saliency["fatuous"], reduce_sq=False))
+
+
+def Stability(**options) -> FALF:  # noqa: N802 - a method name, as users write it
+    """The WACV 2019 conference version: FALF scored by weight drift (how unstable a filter is)."""
+    return FALF(**{"score": "drift", **options, "name": "stability"})

@@ -1,0 +1,20 @@
+"""Magnitude pruning: the baseline every benchmark compares against."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..importance import group_importance
+from .base import Round
+
+__all__ = ["Magnitude"]
+
+
+@dataclass
+class Magnitude:
+    importance: str = "l1"
+    name: str = "magnitude"
+
+    def scores(self, round_: Round) -> dict[int, np.ndarray]:
+        return group_importance(round_.analysis, self.importance, seed=round_.seed)
