@@ -1,6 +1,7 @@
 """compress(): score -> slim -> fine-tune rounds until a MACs target or an accuracy tolerance."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader
@@ -72,10 +74,13 @@ def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> int:
 def _latency_ms(model: nn.Module, x: torch.Tensor) -> float:
     from torch.utils import benchmark
 
+    was_training = model.training
     model.eval()
     with torch.no_grad():
         timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x})
-        return timer.blocked_autorange(min_run_time=0.2).median * 1e3
+        latency = timer.blocked_autorange(min_run_time=0.2).median * 1e3
+    model.train(was_training)
+    return latency
 
 
 def _widths(model: nn.Module) -> dict[str, int]:
@@ -84,18 +89,23 @@ def _widths(model: nn.Module) -> dict[str, int]:
 
 
 def _check_target(gm: fx.GraphModule, example: torch.Tensor, target_macs: float) -> None:
-    """Say why before any training if the target cannot be reached."""
+    """Say why before any training if the target cannot be reached.
+
+    The floor is measured, not estimated: slim a copy down to one channel per
+    prunable group and count its MACs.
+    """
     if not 0.0 < target_macs < 1.0:
         raise ValueError(f"target_macs is a fraction of the original MACs in (0, 1), got {target_macs}")
     analysis = analyze_graph(gm)
     total = count_cost(gm, example).macs
-    costs = channel_mac_costs(analysis, macs_by_module(gm, example))
-    removable = sum(float(c.sum() - c.max()) for c in costs.values())
-    floor = max(total - removable, 0.0) / total
+    flat = {g.id: np.zeros(g.size) for g in analysis.prunable_groups}
+    costs = {g.id: np.ones(g.size) for g in analysis.prunable_groups}
+    smallest = slim_graph_module(gm, plan_for_macs(analysis, flat, float("inf"), costs), verify=False)
+    floor = count_cost(smallest, example).macs / total
     if target_macs < floor:
         frozen = sorted({r for g in analysis.groups for r in g.reasons})[:3]
-        raise ValueError(f"target_macs={target_macs} cannot be reached: even with one channel left per prunable "
-                         f"group about {floor:.3f} of the MACs remain (frozen layers: {'; '.join(frozen) or 'none'})")
+        raise ValueError(f"target_macs={target_macs} cannot be reached: with one channel left in every prunable "
+                         f"group {floor:.4f} of the MACs remain (frozen: {'; '.join(frozen) or 'nothing'})")
 
 
 def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", example_inputs: Any = None,
@@ -121,7 +131,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
     if resume and (store is None or not store.has_any()):
         raise CheckpointError(f"resume=True but there is no checkpoint in {checkpoint_dir!r}")
 
-    gm = trace(model, example)
+    gm = trace(copy.deepcopy(model), example)  # the caller's model is left as it was
     origin = fingerprint(gm)
     if target_macs is not None:
         _check_target(gm, example, target_macs)
@@ -135,7 +145,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
         state = torch.load(store.path(_STATE), weights_only=False)  # our own checkpoint: holds the slim graph
         if state["origin"] != origin:
             raise CheckpointError(f"checkpoint {store.path(_STATE)} was written for a different model")
-        gm, history, start_round = state["model"], state["history"], state["round"] + 1
+        gm, history, start_round = trace(state["model"], example), state["history"], state["round"] + 1
 
     for index in range(start_round, rounds):
         current = count_cost(gm, example).macs

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from .checkpoint import CheckpointStore, fingerprint
 from .errors import FalfError
 
-__all__ = ["TrainConfig", "TrainingError", "train", "evaluate", "is_distributed", "all_reduce_mean",
-           "init_distributed_from_env", "LossFn"]
+__all__ = ["TrainConfig", "TrainingError", "train", "evaluate", "epoch_loader", "is_distributed",
+           "all_reduce_mean", "init_distributed_from_env", "LossFn"]
 
 LossFn = Callable[[Any, tuple], torch.Tensor]  # (outputs, batch) -> loss; batch = (inputs, targets, ...)
 
@@ -69,7 +69,7 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 # -- data order -----------------------------------------------------------------------------
 
 
-def _epoch_loader(loader: DataLoader, seed: int, epoch: int) -> DataLoader:
+def epoch_loader(loader: DataLoader, seed: int, epoch: int) -> DataLoader:
     """The same loader with an order fixed by (seed, epoch), sharded across ranks when distributed."""
     shuffle = isinstance(loader.sampler, RandomSampler)
     if not is_distributed() and not shuffle:
@@ -153,7 +153,7 @@ def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainCo
             task = bar.add_task(f"{phase} epoch {epoch + 1}/{config.epochs}", total=total, stats="")
             seen = correct = 0
             loss_sum = 0.0
-            for index, batch in _batches(_epoch_loader(loader, config.seed, epoch), config.max_batches):
+            for index, batch in _batches(epoch_loader(loader, config.seed, epoch), config.max_batches):
                 inputs, targets = _split(batch)
                 outputs = net(inputs)
                 loss = loss_fn(outputs, batch)

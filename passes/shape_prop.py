@@ -41,7 +41,22 @@ def _failing_node(gm: fx.GraphModule, exc: BaseException) -> str:
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> None:
-    """Fill ``node.meta["val"]``; fake tensors first, real tensors only if a leaf needs values."""
+    """Fill ``node.meta["val"]``; fake tensors first, real tensors only if a leaf needs values.
+
+    Buffers are restored afterwards: a BatchNorm in training mode counts batches
+    even on fake inputs, and analysing a model must not change it.
+    """
+    saved = {name: buffer.clone() for name, buffer in gm.named_buffers()}
+    try:
+        _propagate(gm, example_inputs)
+    finally:
+        with torch.no_grad():
+            for name, buffer in gm.named_buffers():
+                if name in saved:
+                    buffer.copy_(saved[name])
+
+
+def _propagate(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> None:
     for node in gm.graph.nodes:
         node.meta.pop("val", None)
     mode = FakeTensorMode(allow_non_fake_inputs=True)

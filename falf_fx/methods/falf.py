@@ -24,7 +24,7 @@ from torch import nn
 from passes.instrument import AttachFatuousHeads
 
 from ..data import with_indices
-from ..training import TrainConfig, train
+from ..training import TrainConfig, epoch_loader, train
 from .base import Round, shared_scores, weight_members
 
 __all__ = ["FALF", "Stability", "FATUOUS_TARGETS", "FALF_SCORES"]
@@ -129,7 +129,7 @@ class FALF:
         saliency = {"fatuous": {n: torch.zeros_like(p) for n, p in params.items()},
                     "main": {n: torch.zeros_like(p) for n, p in params.items()}}
         instrumented.eval()
-        for index, batch in enumerate(loader):
+        for index, batch in enumerate(epoch_loader(loader, round_.seed, round_.index)):  # same batches on resume
             if index >= self.taylor_batches:
                 break
             for kind in ("fatuous", "main"):

@@ -1,0 +1,126 @@
+"""compress(): methods end to end on a tiny net, targets, tolerance, resume, and every bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import falf_fx
+from falf_fx.checkpoint import CheckpointError
+from falf_fx.data import digits_loaders
+from falf_fx.errors import FalfError
+from falf_fx.training import TrainConfig, TrainingError, train
+
+CE = lambda out, batch: nn.functional.cross_entropy(out, batch[1])  # noqa: E731
+
+
+def tiny_net() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+                         nn.Conv2d(12, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits_loaders(image_size=8, batch_size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    torch.manual_seed(0)
+    model = tiny_net()
+    train(model, data[0], CE, TrainConfig(epochs=6, lr=0.1), progress=False)
+    return model.state_dict()
+
+
+def _model(state) -> nn.Sequential:
+    model = tiny_net()
+    model.load_state_dict(state)
+    return model
+
+
+FAST = dict(aux_epochs=1, finetune_epochs=1, taylor_batches=2, progress=False)
+
+
+@pytest.mark.parametrize("method", ["falf", "stability", "magnitude"])
+def test_methods_reach_the_macs_target(method, data, trained):
+    options = dict(FAST) if method != "magnitude" else dict(finetune_epochs=1, progress=False)
+    result = falf_fx.compress(_model(trained), data[0], method=method, val_loader=data[1], target_macs=0.5,
+                              rounds=1, **options)
+    assert result.report["macs_ratio"] <= 0.56
+    assert result.report["after"]["macs"] < result.report["before"]["macs"]
+    assert result.history[0]["method"] == method and result.history[0]["kept"]
+    assert 0.0 <= result.report["after"]["accuracy"] <= 1.0
+    assert result.model(next(iter(data[1]))[0]).shape[1] == 10
+
+
+def test_falf_keeps_accuracy_at_half_the_macs(data, trained):
+    result = falf_fx.compress(_model(trained), data[0], val_loader=data[1], target_macs=0.5, rounds=2, **FAST)
+    assert result.report["before"]["accuracy"] - result.report["after"]["accuracy"] < 0.1
+
+
+def test_tolerance_never_keeps_a_round_outside_it(data, trained):
+    result = falf_fx.compress(_model(trained), data[0], method="magnitude", val_loader=data[1], tolerance=0.02,
+                              rounds=3, step=0.5, finetune_epochs=1, progress=False)
+    base = result.report["before"]["accuracy"]
+    assert all(base - h["accuracy"] <= 0.02 for h in result.history if h["kept"])
+    assert base - result.report["after"]["accuracy"] <= 0.02
+
+
+def test_bad_requests_are_refused_before_training(data, trained, tmp_path):
+    with pytest.raises(ValueError, match="give target_macs"):
+        falf_fx.compress(_model(trained), data[0])
+    with pytest.raises(ValueError, match="val_loader"):
+        falf_fx.compress(_model(trained), data[0], tolerance=0.01)
+    with pytest.raises(ValueError, match="cannot be reached"):
+        falf_fx.compress(_model(trained), data[0], target_macs=1e-4, checkpoint_dir=tmp_path, **FAST)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="method must be one of"):
+        falf_fx.compress(_model(trained), data[0], method="nope", target_macs=0.5)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        falf_fx.compress(_model(trained), data[0], target_macs=0.5, checkpoint_dir=tmp_path / "none", resume=True)
+
+
+def test_bad_data_gets_clear_errors(trained):
+    images = torch.randn(32, 1, 8, 8)
+    empty = DataLoader(TensorDataset(images[:0], torch.zeros(0, dtype=torch.long)), batch_size=8)
+    with pytest.raises(FalfError, match="empty"):
+        falf_fx.compress(_model(trained), empty, target_macs=0.5)
+    out_of_range = DataLoader(TensorDataset(images, torch.full((32,), 12)), batch_size=8)
+    with pytest.raises(FalfError, match="labels range from 12 to 12 but the model has 10 outputs"):
+        falf_fx.compress(_model(trained), out_of_range, target_macs=0.5)
+    not_logits = nn.Sequential(tiny_net(), nn.Unflatten(1, (5, 2)))
+    loader = DataLoader(TensorDataset(images, torch.randint(0, 5, (32,))), batch_size=8)
+    with pytest.raises(FalfError, match="not class logits .* pass loss_fn="):
+        falf_fx.compress(not_logits, loader, target_macs=0.5)
+    nan = lambda out, batch: out.sum() * float("nan")  # noqa: E731
+    with pytest.raises(TrainingError, match=r"phase 'round0-fatuous', epoch 1, batch 1"):
+        falf_fx.compress(_model(trained), loader, loss_fn=nan, target_macs=0.5, **FAST)
+
+
+def test_a_killed_compress_resumes_to_the_same_result(data, trained, tmp_path):
+    options = dict(val_loader=data[1], target_macs=0.4, rounds=2, seed=1, **FAST)
+    uninterrupted = falf_fx.compress(_model(trained), data[0], **options)
+
+    class Killed(Exception):
+        pass
+
+    calls = []
+
+    def dies_in_round_two(out, batch):
+        calls.append(1)
+        if len(calls) == 50:
+            raise Killed
+        return CE(out, batch)
+
+    with pytest.raises(Killed):
+        falf_fx.compress(_model(trained), data[0], loss_fn=dies_in_round_two, checkpoint_dir=tmp_path, **options)
+    assert (tmp_path / "compress.pt").exists()
+    resumed = falf_fx.compress(_model(trained), data[0], loss_fn=CE, checkpoint_dir=tmp_path, resume=True, **options)
+    assert resumed.history == uninterrupted.history
+    for a, b in zip(resumed.model.state_dict().values(), uninterrupted.model.state_dict().values()):
+        assert torch.equal(a, b)
+    other = nn.Sequential(tiny_net(), nn.Identity())
+    with pytest.raises(CheckpointError, match="different model"):
+        falf_fx.compress(other, data[0], checkpoint_dir=tmp_path, resume=True, **options)
