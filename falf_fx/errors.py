@@ -1,13 +1,10 @@
 """Errors a user can act on; each message names the module or node and the fix."""
+from passes.errors import FalfError
 from passes.plan import PlanError
 from passes.rewrite import SlimError
 from passes.shape_prop import ShapePropagationError
 
 __all__ = ["FalfError", "TraceError", "PlanError", "SlimError", "ShapePropagationError", "EquivalenceError"]
-
-
-class FalfError(Exception):
-    """Base class of falf_fx's own errors."""
 
 
 class TraceError(FalfError):

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 
 from .analysis import Analysis
+from .errors import FalfError
 
 __all__ = ["PlanError", "PruningPlan"]
 
 
-class PlanError(ValueError):
+class PlanError(FalfError, ValueError):
     """A plan that cannot be applied exactly; the message says which group and why."""
 
 

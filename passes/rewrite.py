@@ -13,13 +13,14 @@ from .analysis import Analysis
 from .plan import PruningPlan
 from .rule_registry import SlimView, rule_for
 from .shape_prop import fake_inputs_like, propagate_shapes
+from .errors import FalfError
 
 __all__ = ["SlimError", "SlimPass", "slim_graph_module", "REMOVED_KEY"]
 
 REMOVED_KEY = "falf_fx.removed"  # gm.meta entry on a slim module: {parameter name: kept indices per dim}
 
 
-class SlimError(RuntimeError):
+class SlimError(FalfError, RuntimeError):
     """The slim module does not have the shapes the analysis predicted (a bug: please report it)."""
 
 

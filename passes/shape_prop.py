@@ -9,10 +9,12 @@ from torch import fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+from .errors import FalfError
+
 __all__ = ["ShapePropagationError", "propagate_shapes", "fake_inputs_like"]
 
 
-class ShapePropagationError(RuntimeError):
+class ShapePropagationError(FalfError, RuntimeError):
     """The model cannot run on the given example inputs; names the node that failed."""
 
 
