@@ -49,8 +49,8 @@ def _features(c: int = 6) -> Callable[[], tuple[torch.Tensor, ...]]:
     return lambda: (_randn(4, c),)
 
 
-def conv_bn_relu(c_in: int, c_out: int, **kwargs) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, **kwargs), nn.BatchNorm2d(c_out), nn.ReLU())
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
 # -- producers, consumers and per-channel followers ----------------------------------
@@ -92,8 +92,10 @@ def linear_net() -> nn.Module:
 
 
 def instance_norm_net() -> nn.Module:
+    """InstanceNorm with running statistics (used in eval mode), then one normalising each sample."""
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
-                         nn.ReLU(), nn.Conv2d(8, 4, 3))
+                         nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1), nn.InstanceNorm2d(6, affine=True), nn.ReLU(),
+                         nn.Conv2d(6, 4, 1))
 
 
 def group_norm_net() -> nn.Module:
