@@ -40,14 +40,23 @@ def load_model(spec: str) -> nn.Module:
 
 
 def _load_file(path: Path) -> nn.Module:
+    """A falf_fx.save file (no code runs), else a torch.save'd module (a pickle: the user's own file)."""
+    from .serialize import FORMAT, load
+
     try:
-        # Saved GraphModules are pickled code and modules, so weights_only=True cannot read them yet.
+        return load(path, map_location="cpu")
+    except ValueError as error:
+        if f"is not a {FORMAT} file" not in str(error):
+            raise ModelSpecError(f"cannot load model file '{path}': {_first_line(error)}") from error
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise ModelSpecError(f"cannot load model file '{path}': {_first_line(error)}") from error
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
         raise ModelSpecError(f"cannot load model file '{path}': {_first_line(error)}") from error
     if isinstance(obj, dict):
         raise ModelSpecError(f"'{path}' holds a dict (a state_dict?), not a model: save the module itself "
-                             "with torch.save(model, path)")
+                             "with falf_fx.save(gm, path) or torch.save(model, path)")
     return _require_module(obj, f"'{path}'")
 
 
