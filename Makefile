@@ -20,7 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
+# Torch-Pruning is the peer the benchmarks measure against: a bench extra, never a dependency.
 bench: $(STAMP)
+	$(PY) -c "import torch_pruning" 2>/dev/null || $(PY) -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
+	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/zoo.py
 
 clean:
