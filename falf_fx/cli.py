@@ -1,4 +1,4 @@
-"""The ``falf-fx`` command line: graph, groups, flops and prune for any importable or saved model.
+"""The ``falf-fx`` command line: graph, groups, flops, prune and compress for any importable or saved model.
 
 A user mistake (bad MODEL, bad --input-shape, a model falf_fx cannot handle) prints one
 ``error: ...`` line on stderr and exits with status 2; tracebacks are for bugs only.
@@ -6,6 +6,7 @@ A user mistake (bad MODEL, bad --input-shape, a model falf_fx cannot handle) pri
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import sys
@@ -20,15 +21,20 @@ from torch import fx
 
 from .api import analyze, prune
 from .capture import trace
+from .checkpoint import CheckpointStore
+from .compress import compress
+from .data import load_data
 from .errors import FalfError, PlanError, ShapePropagationError, SlimError
 from .importance import IMPORTANCE_KINDS
+from .methods import METHODS
 from .model_spec import ModelSpecError, load_model
+from .training import TrainConfig, train
 
 with warnings.catch_warnings():
     # fvcore applies torch.jit.script at import time, which torch now deprecates on every run.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     from .flops import count_cost
-    from .report import CostReport, GroupsReport, graph_json, graph_nodes, graph_table, to_dot
+    from .report import CostReport, GroupsReport, compress_table, graph_json, graph_nodes, graph_table, to_dot
 
 __all__ = ["main"]
 
@@ -61,8 +67,10 @@ class _Session:
         self.text = args.format == "text"
         self.out = Console(highlight=False)
         self.err = Console(stderr=True, highlight=False)
-        self.input_shape = parse_input_shape(args.input_shape)
-        self.example = torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0))
+        # compress alone may leave --input-shape out: its data's first batch then gives the shape
+        self.input_shape = None if args.input_shape is None else parse_input_shape(args.input_shape)
+        self.example = None if self.input_shape is None else torch.randn(
+            self.input_shape, generator=torch.Generator().manual_seed(0))
 
     @contextlib.contextmanager
     def status(self, message: str) -> Iterator[None]:
@@ -152,6 +160,119 @@ def _cmd_prune(s: _Session) -> None:
         s.out.print("not saved: pass --out PATH to keep the slim model")
 
 
+def _cross_entropy(outputs: torch.Tensor, batch: tuple) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(outputs, batch[1])
+
+
+def _method_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--method-option score=taylor --method-option lam=0.5`` -> {"score": "taylor", "lam": 0.5}."""
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise CliError(f"--method-option must be KEY=VALUE like score=taylor, not '{pair}'")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text  # a bare word such as taylor is the string it spells
+    return options
+
+
+def _check_compress_args(a: argparse.Namespace) -> None:
+    """Every value that cannot work is refused before the model is loaded or trained."""
+    if a.target_macs is None and a.tolerance is None:
+        raise CliError("give --target-macs (e.g. 0.25 of the original MACs), --tolerance (e.g. 0.01 = one "
+                       "point of accuracy), or both")
+    if a.target_macs is not None and not 0.0 < a.target_macs < 1.0:
+        raise CliError(f"--target-macs is the fraction of the original MACs to keep, strictly between 0 and 1, "
+                       f"got {a.target_macs}")
+    if a.tolerance is not None and not 0.0 <= a.tolerance < 1.0:
+        raise CliError(f"--tolerance is an accuracy drop between 0 and 1 (0.01 = one point), got {a.tolerance}")
+    for flag, value, least in (("--rounds", a.rounds, 1), ("--batch-size", a.batch_size, 1),
+                               ("--pretrain-epochs", a.pretrain_epochs, 0), ("--finetune-epochs", a.finetune_epochs, 0)):
+        if value < least:
+            raise CliError(f"{flag} must be an integer of at least {least}, got {value}")
+    if a.resume and a.checkpoint_dir is None:
+        raise CliError("--resume continues from --checkpoint-dir: give the directory of the interrupted run")
+    for flag, path in (("--out", a.out), ("--report", a.report)):
+        if path is not None and not path.parent.is_dir():
+            raise CliError(f"{flag} '{path}': directory '{path.parent}' does not exist")
+
+
+def _data_example(s: _Session, train_loader: Any) -> torch.Tensor:
+    """--input-shape's random input, else the first training sample (batch of one)."""
+    if s.example is not None:
+        return s.example
+    batch = next(iter(train_loader), None)
+    if batch is None:
+        raise CliError(f"--data '{s.args.data}': the training loader is empty")
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(inputs, torch.Tensor):
+        raise CliError(f"--data '{s.args.data}': batches must start with an input tensor, "
+                       f"not {type(inputs).__name__}")
+    return inputs[:1]
+
+
+def _check_model_runs(model: torch.nn.Module, example: torch.Tensor, a: argparse.Namespace) -> None:
+    """A model/data mismatch (1-channel LeNet on RGB data) said in one line, before any training."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise CliError(f"MODEL {a.model} does not run on inputs of shape {tuple(example.shape)} from --data "
+                       f"{a.data}: {_one_line(error)} (size the data with --input-shape N,C,H,W)") from error
+    finally:
+        model.train(was_training)
+
+
+def _cmd_compress(s: _Session) -> None:
+    a = s.args
+    _check_compress_args(a)
+    options = _method_options(a.method_option)
+    with s.status(f"loading {a.model}"):
+        model = load_model(a.model)
+    with s.status(f"loading --data {a.data}"):
+        train_loader, val_loader = load_data(a.data, input_shape=s.input_shape[1:] if s.input_shape else None,
+                                             batch_size=a.batch_size, seed=a.seed)
+    example = _data_example(s, train_loader)
+    _check_model_runs(model, example, a)
+    store = CheckpointStore(a.checkpoint_dir) if a.checkpoint_dir is not None else None
+    pretrain = train(model, train_loader, _cross_entropy,
+                     TrainConfig(epochs=a.pretrain_epochs, lr=a.pretrain_lr, seed=a.seed), phase="pretrain",
+                     checkpoints=store, resume=a.resume, progress=s.text) if a.pretrain_epochs else []
+    try:
+        result = compress(model, train_loader, method=a.method, example_inputs=example, val_loader=val_loader,
+                          target_macs=a.target_macs, tolerance=a.tolerance, rounds=a.rounds,
+                          finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
+                          checkpoint_dir=a.checkpoint_dir, resume=a.resume, seed=a.seed, progress=s.text,
+                          **options)
+    except ValueError as error:  # an unreachable target, unknown method options: the user's to fix
+        raise CliError(str(error)) from error
+    _save(result.model, a.out)
+    full = {"model": a.model, "data": a.data, "input_shape": list(example.shape),
+            "settings": {"method": a.method, "method_options": options, "target_macs": a.target_macs,
+                         "tolerance": a.tolerance, "rounds": a.rounds, "pretrain_epochs": a.pretrain_epochs,
+                         "finetune_epochs": a.finetune_epochs, "seed": a.seed},
+            **result.report, "history": result.history, "pretrain": pretrain, "out": str(a.out)}
+    if a.report is not None:
+        try:
+            a.report.write_text(json.dumps(full, indent=2) + "\n")
+        except OSError as error:
+            raise CliError(f"cannot write --report '{a.report}': {error.strerror or error}") from error
+    if a.format == "json":
+        s.emit(full)
+        return
+    s.emit(compress_table(result.report, title=f"{a.model} on {a.data}: {result.report['method']}"))
+    for record in result.history:
+        accuracy = f", accuracy {record['accuracy']:.4f}" if "accuracy" in record else ""
+        verdict = "kept" if record["kept"] else "undone (over --tolerance)"
+        s.out.print(f"round {record['round']}: {record['channels_removed']} channels removed, "
+                    f"MACs x{record['macs_ratio']:.3f}{accuracy}: {verdict}", soft_wrap=True, markup=False)
+    s.out.print(f"saved the slim model to {a.out} (load it with torch.load(path, weights_only=False))"
+                + (f"; report in {a.report}" if a.report is not None else ""), soft_wrap=True, markup=False)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("model", metavar="MODEL",
@@ -183,7 +304,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="keep a multiple of N channels in groups of at least N (e.g. 8 for GPUs)")
     p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to torch.save the slim model")
+    _add_compress(sub)
     return parser
+
+
+def _add_compress(sub: Any) -> None:
+    help_text = ("train-aware compression: rounds of score -> slim -> fine-tune on --data until a MACs target "
+                 "or an accuracy tolerance; saves the slim model and a JSON report")
+    p = sub.add_parser("compress", help=help_text, description=help_text)
+    p.add_argument("model", metavar="MODEL", help="package.module:factory or a saved model, as for prune")
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="digits, synthetic, cifar10:PATH (the cifar-10-batches-py folder) or package.module:function "
+                        "returning (train_loader, val_loader)")
+    p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
+                   help="example input shape; it also sizes digits and synthetic data (default: the data's first "
+                        "sample)")
+    p.add_argument("--method", choices=sorted(METHODS), default="falf", help="channel scoring (default falf)")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, repeatable; FALF: target, score, lam, aux_epochs, aux_lr, points, "
+                        "taylor_batches (e.g. score=taylor)")
+    p.add_argument("--target-macs", type=float, default=None, metavar="F",
+                   help="fraction of the original MACs to keep, e.g. 0.25")
+    p.add_argument("--tolerance", type=float, default=None, metavar="F",
+                   help="stop before validation accuracy drops by more than F (0.01 = one point)")
+    p.add_argument("--rounds", type=int, default=4, help="score -> slim -> fine-tune rounds (default 4)")
+    p.add_argument("--pretrain-epochs", type=int, default=0,
+                   help="train the model on the data first (default 0: the model is already trained)")
+    p.add_argument("--pretrain-lr", type=float, default=0.05, help="pretraining learning rate (default 0.05)")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs per round (default 1)")
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of digits, synthetic, cifar10 (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data split, training and method (default 0)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="save every epoch and round here")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from --checkpoint-dir")
+    p.add_argument("--out", type=Path, required=True, metavar="PATH", help="where to torch.save the slim model")
+    p.add_argument("--report", type=Path, default=None, metavar="PATH",
+                   help="where to write the JSON report (before/after, settings, round history)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text: rich table; json: the report on stdout (default: text)")
+    p.set_defaults(run=_cmd_compress)
 
 
 def _one_line(error: BaseException) -> str:
