@@ -1,45 +1,29 @@
-"""The default demo: FALF on LeNet-5 (20-50-800-500) trained on scikit-learn's real handwritten digits.
+"""The default demo (``make demo``): FALF on LeNet-5 (20-50-800-500) trained on scikit-learn's
+real handwritten digits.
 
 Trains LeNet-5 on the digits (8x8 images resized to 28 px, seeded train/val split),
 then compresses it with FALF to a quarter of its MACs and prints the before/after
 table: accuracy, MACs, FLOPs, parameters and CPU latency.
 
-    python examples/lenet5_digits.py [--target-macs 0.25] [--method falf] [--seed 0]
+    python examples/lenet5_digits.py [--target-macs 0.25] [--method falf] [--epochs 6] [--rounds 3]
 """
 from __future__ import annotations
 
-import argparse
+from common import example_parser, first_samples, pretrain_and_compress
 
-import torch
-
-import falf_fx
 from falf_fx.data import digits_loaders
 from falf_fx.models import lenet5
-from falf_fx.report import compress_table
-from falf_fx.training import TrainConfig, evaluate, train
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target-macs", type=float, default=0.25)
-    parser.add_argument("--method", default="falf")
-    parser.add_argument("--pretrain-epochs", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+def main(argv=None):
+    parser = example_parser(__doc__, epochs=6, rounds=3, lr=0.05, batch_size=64)
+    # LeNet-5's layers are too small for intra-op threads to pay off; on a busy machine extra
+    # threads only wait on each other (make demo at load average 9: 50 s with one thread, over 3 min with two).
+    parser.set_defaults(target_macs=0.25, threads=1)
     args = parser.parse_args(argv)
-
-    torch.manual_seed(args.seed)
-    train_loader, val_loader = digits_loaders(image_size=28, batch_size=64, seed=args.seed)
-    model = lenet5()
-    loss = lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1])  # noqa: E731
-    train(model, train_loader, loss, TrainConfig(epochs=args.pretrain_epochs, lr=0.05, seed=args.seed),
-          phase="pretrain")
-    print(f"LeNet-5 trained on digits: validation accuracy {evaluate(model, val_loader)['accuracy']:.3f}")
-    result = falf_fx.compress(model, train_loader, method=args.method, val_loader=val_loader,
-                              target_macs=args.target_macs, rounds=args.rounds, seed=args.seed)
-    from rich.console import Console
-
-    Console().print(compress_table(result.report, title=f"LeNet-5 on digits, {args.method}"))
+    train_loader, val_loader = digits_loaders(image_size=28, batch_size=args.batch_size, seed=args.seed)
+    return pretrain_and_compress(lenet5(), first_samples(train_loader, args.limit),
+                                 first_samples(val_loader, args.limit), args, "LeNet-5 on digits")
 
 
 if __name__ == "__main__":
