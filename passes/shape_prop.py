@@ -45,13 +45,18 @@ def _failing_node(gm: fx.GraphModule, exc: BaseException) -> str:
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> None:
     """Fill ``node.meta["val"]``; fake tensors first, real tensors only if a leaf needs values.
 
-    Buffers are restored afterwards: a BatchNorm in training mode counts batches
-    even on fake inputs, and analysing a model must not change it.
+    Runs in eval mode (a BatchNorm in training mode refuses a batch of one
+    1x1 feature map, and shapes do not depend on the mode), then restores every
+    module's mode and every buffer: analysing a model must not change it.
     """
     saved = {name: buffer.clone() for name, buffer in gm.named_buffers()}
+    modes = {name: m.training for name, m in gm.named_modules()}
+    gm.eval()
     try:
         _propagate(gm, example_inputs)
     finally:
+        for name, m in gm.named_modules():
+            m.training = modes.get(name, m.training)
         with torch.no_grad():
             for name, buffer in gm.named_buffers():
                 if name in saved:
