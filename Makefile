@@ -29,4 +29,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/zoo.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis slim_demo.pt
+	rm -rf $(VENV) .pytest_cache .hypothesis
