@@ -140,6 +140,8 @@ def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str
         if node.op in ("call_function", "call_method") and not _touches_tensors(node):
             layouts[node] = untracked_like(value)  # Python arithmetic on sizes and the like
             counts[node] = combine_counts(node, counts)
+            if node.target is torch._assert:  # a check on a channel count fails once the count shrinks
+                freeze_counts(space, node, counts, node_where(node))
         elif node.op == "placeholder":
             layouts[node] = untracked_like(value)
         elif node.op == "get_attr":

@@ -337,20 +337,25 @@ class InputResidual(nn.Module):
 
 
 class ChannelCountAsValue(nn.Module):
-    """``y / y.shape[1]`` reads the channel count at run time: those channels must stay."""
+    """``y / y.shape[1]`` and ``torch._assert(s.shape[1] == 5)`` read channel counts at run time:
+    those channels must stay.  Run-time sizes in a view are fine."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
         self.conv3 = nn.Conv2d(6, 4, 1)
+        self.side = nn.Conv2d(3, 5, 1)
+        self.side_out = nn.Conv2d(5, 4, 1)
 
     def forward(self, x):
         y = self.conv1(x)
         z = self.conv2(y / y.shape[1])
         n, c, h, w = z.size()
-        z = z.view(n, c, h * w).view(n, c, h, w)  # run-time sizes in a view are fine
-        return self.conv3(z + z.sum((2, 3), keepdim=True) / (h * w))
+        z = z.view(n, c, h * w).view(n, c, h, w)
+        s = self.side(x)
+        torch._assert(s.shape[1] == 5, "five side channels")
+        return self.conv3(z + z.sum((2, 3), keepdim=True) / (h * w)) + self.side_out(s)
 
 
 # -- composite patterns ------------------------------------------------------------------

@@ -243,6 +243,7 @@ def test_grouped_and_depthwise_convs_keep_every_conv_group_the_same_width():
     ("custom_function", ("conv1",), "conv2", ("not understood", "cube")),
     ("input_residual", ("conv1",), "conv2", ("cannot be sliced", "add")),
     ("channel_count_as_value", ("conv1",), "conv2", ("channel count", "truediv")),
+    ("channel_count_as_value", ("side",), "conv2", ("channel count", "_assert")),
 ])
 def test_boundaries_are_frozen_with_a_reason(name, frozen, free, words):
     _, _, analysis = _analyse(name)
