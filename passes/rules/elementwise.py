@@ -189,3 +189,14 @@ def _pad(ctx: RuleContext) -> Layout:
 
 
 register_rule(F.pad, propagate=_pad)
+
+# -- new tensors shaped like their input: same channel positions ------------------------
+register_rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like,
+              torch.randn_like, propagate=_same_as_first)
+
+try:  # torchvision's stochastic depth scales whole samples (or the whole batch): channels pass through
+    from torchvision.ops import stochastic_depth
+except ImportError:  # torchvision is optional for falf_fx
+    stochastic_depth = None
+if stochastic_depth is not None:
+    register_rule(stochastic_depth, propagate=_same_as_first)

@@ -153,6 +153,20 @@ def _permute(ctx: RuleContext) -> Layout:
     return {out_dim: layout[in_dim] for out_dim, in_dim in enumerate(order) if in_dim in layout}
 
 
+def _flip(ctx: RuleContext) -> Layout:
+    """Reversing an axis reverses its atoms: a permutation, exact."""
+    x = ctx.node.args[0]
+    rank = len(ctx.shape(x))
+    dims = ctx.arg(1, "dims")
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    layout = dict(ctx.layout(x) or {})
+    for d in (normalize_dim(d, rank) for d in dims):
+        if d in layout:
+            layout[d] = _readonly(layout[d][::-1])
+    return layout
+
+
+register_rule("flip", torch.flip, propagate=_flip)
 register_rule("permute", torch.permute, "transpose", torch.transpose, "swapaxes", "swapdims", "t", torch.t,
               "movedim", torch.movedim, "moveaxis", torch.moveaxis, propagate=_permute)
 
