@@ -96,6 +96,7 @@ def main() -> None:
     from rich.table import Table
 
     console = Console()
+    facts = machine(args.threads, args.note)  # load averages before the run
     records = []
     with console.status("") as status:
         for name in args.models:
@@ -123,7 +124,7 @@ def main() -> None:
                 "rounds_batch_32": args.rounds_32,
                 "batch_32_block": "one timed forward per round (Timer.timeit(1), after its two warm-up runs)",
                 "mode": "eval, torch.inference_mode, float32; slim is the fx GraphModule falf_fx.prune returns"}
-    write_json("latency.json", {"machine": machine(args.threads, args.note), "settings": settings,
+    write_json("latency.json", {"machine": facts, "settings": settings,
                                 "records": records})
 
 

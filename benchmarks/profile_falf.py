@@ -79,6 +79,7 @@ def main() -> None:
 
     from rich.console import Console
     console = Console()
+    facts = machine(args.threads, args.note)  # load averages before the run
     records = []
     for name in args.models:
         with console.status(f"profiling {name}"):
@@ -94,7 +95,7 @@ def main() -> None:
             console.print(f"{name}: [red]FAIL[/red] {record.get('error')}")
     settings = {"profiler": "cProfile (adds overhead; compare shares, not absolute seconds with zoo.json)",
                 "step": "zoo.py's measured falf_fx step after the same warm-up"}
-    write_json("profile.json", {"machine": machine(args.threads, args.note), "settings": settings,
+    write_json("profile.json", {"machine": facts, "settings": settings,
                                 "records": records})
 
 

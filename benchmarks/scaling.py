@@ -80,6 +80,19 @@ def loglog_slope(points: list[tuple[float, float]]) -> float:
     return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs), 3)
 
 
+def summarise(records: list[dict]) -> dict:
+    """Log-log slopes per family, and the graphs of about 10,000 nodes (the size goal)."""
+    fits = {}
+    for family in ("resnet_cifar", "densenet_bc"):
+        ok = [r for r in records if r.get("ok") and r["family"] == family]
+        if len(ok) >= 3:
+            fits[family] = {f"{key}_vs_{size}": loglog_slope([(r[size], r[key]) for r in ok])
+                            for size in ("nodes", "layout_positions") for key in ("trace_and_analyze_s", "analyze_s")}
+    large = [{k: r[k] for k in ("family", "size", "nodes", "trace_and_analyze_s", "analyze_s")}
+             for r in records if r.get("ok") and r["nodes"] >= 9_900]
+    return {"fits": fits, "graphs_of_about_10k_nodes": large}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs=2, metavar=("FAMILY", "SIZE"), help=argparse.SUPPRESS)
@@ -94,6 +107,7 @@ def main() -> None:
 
     from rich.console import Console
     console = Console()
+    facts = machine(1, args.note)  # load averages before the run
     plan = [("resnet_cifar", d) for d in RESNET_DEPTHS] + [("densenet_bc", n) for n in DENSENET_LAYERS]
     if args.quick:
         plan = [p for p in plan if p[1] <= (218 if p[0] == "resnet_cifar" else 64)]
@@ -111,19 +125,11 @@ def main() -> None:
             console.print(f"{family:14s} {size:5d} " + (
                 f"{record['nodes']:6d} nodes  trace+analyze {record['trace_and_analyze_s']:8.2f} s  "
                 f"analyze {record['analyze_s']:7.2f} s" if record.get("ok") else f"[red]FAIL[/red] {record['error']}"))
-    fits = {}
-    for family in ("resnet_cifar", "densenet_bc"):
-        ok = [r for r in records if r.get("ok") and r["family"] == family]
-        if len(ok) >= 3:
-            fits[family] = {f"{key}_vs_{size}": loglog_slope([(r[size], r[key]) for r in ok])
-                            for size in ("nodes", "layout_positions") for key in ("trace_and_analyze_s", "analyze_s")}
-    near_10k = [r for r in records if r.get("ok") and r["nodes"] >= 10_000]
-    summary = {"fits": fits, "graphs_of_10k_nodes_or_more": [
-        {k: r[k] for k in ("family", "size", "nodes", "trace_and_analyze_s", "analyze_s")} for r in near_10k]}
+    summary = summarise(records)
     console.print_json(data=summary)
     settings = {"input": [1, 3, 32, 32], "torch_threads": 1, "timing": "best of `repeats` runs in one process "
                 "after a one-off warm-up; trace_s = fx trace + fake-tensor shapes, analyze_s = falf_fx.analyze"}
-    write_json("scaling.json", {"machine": machine(1, args.note), "settings": settings,
+    write_json("scaling.json", {"machine": facts, "settings": settings,
                                 "summary": summary, "records": records})
 
 

@@ -307,6 +307,7 @@ def main() -> None:
     from harness import RESULTS
 
     names = args.models or all_models()
+    facts = machine(args.threads, args.note)  # load averages before the run
     console = Console()
     rows = []
     columns = (TextColumn("{task.description:40s}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -341,7 +342,7 @@ def main() -> None:
                                "handed back by malloc_trim, peak reset via /proc/self/clear_refs)",
                 "torch_pruning_setup": "MetaPruner, MagnitudeImportance(p=1), pruning_ratio=0.5, example_inputs=(x,), "
                                        "ignored_layers = the layers producing the outputs, no num_heads"}
-    payload = {"machine": machine(args.threads, args.note), "settings": settings,
+    payload = {"machine": facts, "settings": settings,
                "summary": summarise(rows), "rows": rows}
     write_json("zoo.json", payload)
     console.print_json(json.dumps(payload["summary"]))
