@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -62,11 +63,16 @@ def pretrain(task: tuple) -> dict:
     model = _build(model_name)
     _, _, _, epochs, lr = MODELS[model_name]
     epochs = max(1, int(epochs * epochs_scale))
+    path = Path(cache, f"{model_name}-{seed}-e{epochs}.pt")
     t0 = time.perf_counter()
-    train(model, train_loader, _loss, TrainConfig(epochs=epochs, lr=lr, seed=seed), phase="pretrain", progress=False)
-    path = Path(cache, f"{model_name}-{seed}.pt")
-    torch.save(model.state_dict(), path)
-    return {"model": model_name, "seed": seed, "epochs": epochs, "lr": lr, "path": str(path),
+    cached = path.exists()  # --cache: an earlier invocation trained these exact weights
+    if cached:
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        train(model, train_loader, _loss, TrainConfig(epochs=epochs, lr=lr, seed=seed), phase="pretrain",
+              progress=False)
+        torch.save(model.state_dict(), path)
+    return {"model": model_name, "seed": seed, "epochs": epochs, "lr": lr, "path": str(path), "cached": cached,
             "accuracy": evaluate(model, val_loader)["accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -107,29 +113,31 @@ def _config_name(method: str, options: dict) -> str:
     return f"falf/{options['target']}/{options['score']}/lam={options['lam']:g}"
 
 
-def _tasks(stage: str, seeds, weights: dict, best: tuple | None, scale: dict) -> list[dict]:
+def _tasks(stage: str, seeds, weights: dict, best: tuple | None, scale: dict, ranked: dict | None = None) -> list[dict]:
     model = "lenet5" if stage.startswith("lenet") else "resnet20"
     if stage == "matched":  # control: magnitude given FALF's total epochs as extra fine-tuning
         epochs = scale["finetune_epochs"] + SETTINGS["falf_defaults"]["aux_epochs"]
         return [{"stage": stage, "model": "lenet5", "seed": seed, "target_macs": target, "method": "magnitude",
                  "options": {}, "config": f"magnitude (fine-tune x{epochs}, epoch-matched)",
                  "weights": weights[("lenet5", seed)], **scale, "finetune_epochs": epochs}
-                for target in (0.25, 0.125) for seed in seeds if ("lenet5", seed) in weights]
+                for target in (0.25,) for seed in seeds if ("lenet5", seed) in weights]
     if stage == "lam":
         if best is None:
             return []
         configs = [("falf", {"target": best[0], "score": best[1], "lam": lam}) for lam in LAMS if lam != 1.0]
         models_targets = [("lenet5", 0.25), ("resnet20", 0.25)]
     else:
-        configs = [("magnitude", {})] + [("falf", {"target": t, "score": s, "lam": 1.0})
-                                         for t in TARGETS for s in SCORES]
+        falf = [("falf", {"target": t, "score": s, "lam": 1.0}) for t in TARGETS for s in SCORES]
+        ranking = ranked or {}  # later stages run the best LeNet-5 4x configs first
+        falf.sort(key=lambda c: -ranking.get(_config_name(*c), 0.0))
+        configs = [("magnitude", {})] + falf
         models_targets = [(model, 0.25 if stage.endswith("4") else 0.125)]
-    out = []
+    out = []  # config-major: a deadline cuts whole configs, the ones that ran keep every seed
     for model_name, target in models_targets:
-        for seed in seeds:
-            if (model_name, seed) not in weights:
-                continue
-            for method, options in configs:
+        for method, options in configs:
+            for seed in seeds:
+                if (model_name, seed) not in weights:
+                    continue
                 out.append({"stage": stage, "model": model_name, "seed": seed, "target_macs": target,
                             "method": method, "options": options, "config": _config_name(method, options),
                             "weights": weights[(model_name, seed)], **scale})
@@ -171,10 +179,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--stages", default="lenet4,resnet4,lenet8,resnet8,lam",
                         help="in priority order: lenet4, resnet4, lenet8, resnet8, lam; "
-                             "matched = LeNet-5 magnitude with FALF's epoch count as fine-tuning")
+                             "matched = LeNet-5 4x magnitude with FALF's epoch count as fine-tuning")
     parser.add_argument("--deadline", type=float, default=None,
                         help="unix time after which no new run starts (the rest is recorded as skipped)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--cache", default=None, help="folder that keeps pretrained weights between invocations")
     parser.add_argument("--append", action="store_true", help="add the runs to the existing --out file")
     parser.add_argument("--table", action="store_true", help="print the README table of --out and exit")
     args = parser.parse_args(argv)
@@ -216,7 +225,7 @@ def main(argv=None) -> None:
         out.write_text(json.dumps(payload, indent=1) + "\n")
 
     ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory() as cache, ctx.Pool(args.workers, maxtasksperchild=4) as pool:
+    with (nullcontext(args.cache) if args.cache else tempfile.TemporaryDirectory()) as cache, ctx.Pool(args.workers, maxtasksperchild=4) as pool:
         pending_weights: dict[tuple, object] = {}  # (model, seed) -> AsyncResult of its pretraining
         weights: dict[tuple, str] = {}
         scale = {k: SETTINGS[k] for k in ("rounds", "finetune_epochs", "finetune_lr")}
@@ -243,7 +252,9 @@ def main(argv=None) -> None:
                 continue
             queue_pretraining(stage)
             collect_weights(stage)
-            tasks = _tasks(stage, seeds, weights, payload["best_falf_lam1"], scale)
+            lenet4 = payload["summary"].get("lenet5", {}).get("0.25", {})
+            tasks = _tasks(stage, seeds, weights, payload["best_falf_lam1"], scale,
+                           {c: cell["accuracy_mean"] for c, cell in lenet4.items()})
             handles = [pool.apply_async(_guarded, ((t, args.deadline),)) for t in tasks]
             if index + 1 < len(stages):
                 queue_pretraining(stages[index + 1])
@@ -269,6 +280,15 @@ def markdown(payload: dict) -> str:
     configs = sorted({c for m in table.values() for t in m.values() for c in t},
                      key=lambda c: (c != "magnitude", c))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    unpruned = {}
+    for info in payload["pretrained"]:
+        unpruned.setdefault(info["model"], {})[info["seed"]] = info["accuracy"]
+    cells = []
+    for model, _ in columns:
+        accs = list(unpruned.get(model, {}).values())
+        std = f" ± {100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+        cells.append(f"{100 * statistics.mean(accs):.2f}{std} (n={len(accs)}, MACs 1)" if accs else "not run")
+    lines.append("| unpruned (pretrained) | " + " | ".join(cells) + " |")
     for config in configs:
         cells = []
         for model, target in columns:
