@@ -128,6 +128,7 @@ class FALF:
         params = dict(round_.gm.named_parameters())
         saliency = {"fatuous": {n: torch.zeros_like(p) for n, p in params.items()},
                     "main": {n: torch.zeros_like(p) for n, p in params.items()}}
+        was_training = instrumented.training
         instrumented.eval()
         for index, batch in enumerate(epoch_loader(loader, round_.seed, round_.index)):  # same batches on resume
             if index >= self.taylor_batches:
@@ -141,6 +142,7 @@ class FALF:
                 for name, p in params.items():
                     if p.grad is not None:
                         saliency[kind][name] += (p.grad * p).detach().abs()
+        instrumented.train(was_training)  # the modules are the model's own
         return (_per_channel(round_, saliency["main"], reduce_sq=False),
                 _per_channel(round_, saliency["fatuous"], reduce_sq=False))
 
