@@ -38,23 +38,8 @@ def parse_dims(dims: Any, rank: int) -> Optional[list[int]]:
 
 
 def tensor_operands(ctx: RuleContext) -> list[fx.Node]:
-    """Every fx argument of the node whose value is a tensor, in order."""
-    found: list[fx.Node] = []
-
-    def visit(value: Any) -> None:
-        if isinstance(value, fx.Node):
-            if isinstance(value.meta.get("val"), torch.Tensor):
-                found.append(value)
-        elif isinstance(value, (tuple, list)):
-            for v in value:
-                visit(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-
-    visit(ctx.node.args)
-    visit(ctx.node.kwargs)
-    return found
+    """Every fx argument of the node whose value is a tensor, in order (each once)."""
+    return [n for n in ctx.node.all_input_nodes if isinstance(n.meta.get("val"), torch.Tensor)]
 
 
 def first_tensor(ctx: RuleContext) -> fx.Node:
@@ -110,20 +95,10 @@ def couple(ctx: RuleContext, operands: Sequence[fx.Node], out_shape: Sequence[in
 def freeze_inputs(ctx: RuleContext, why: str) -> Any:
     """The rule for anything not understood: freeze every input, track nothing out."""
 
-    def visit(value: Any) -> None:
-        if isinstance(value, fx.Node):
-            ctx.freeze_value(ctx.layouts.get(value), why)
-            if value.op == "get_attr":
-                ctx.space.freeze_param(ctx.param_name(str(value.target)), f"{why} ({ctx.where})")
-        elif isinstance(value, (tuple, list)):
-            for v in value:
-                visit(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-
-    visit(ctx.node.args)
-    visit(ctx.node.kwargs)
+    for value in ctx.node.all_input_nodes:
+        ctx.freeze_value(ctx.layouts.get(value), why)
+        if value.op == "get_attr":
+            ctx.space.freeze_param(ctx.param_name(str(value.target)), f"{why} ({ctx.where})")
     if ctx.node.op == "call_module":
         prefix = f"{ctx.node.target}."
         for name, _ in ctx.module.named_parameters():
