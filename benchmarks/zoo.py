@@ -308,6 +308,32 @@ def main() -> None:
 
     names = args.models or all_models()
     facts = machine(args.threads, args.note)  # load averages before the run
+    path = RESULTS / "zoo.json"
+    kept = {}  # a partial run replaces its own rows only; a full run starts afresh
+    if args.models and path.exists():
+        kept = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
+    settings = {"ratio": RATIO, "importance": "l1", "torch_pruning": _version("torch-pruning"),
+                "falf_fx": _version("falf_fx"), "torchvision": _version("torchvision"), "threads": args.threads,
+                "repeats": args.repeats, "step_timeout_s": args.step_timeout, "total_timeout_s": args.total_timeout,
+                "mem_limit_gib": args.mem_limit,
+                "time": "fastest of `repeats` runs of the measured step, each on a freshly built model, "
+                        "after a warm-up run of the tool on a small net (one-off costs: warmup_s)",
+                "peak_memory": "largest over the runs of VmHWM minus VmRSS at the start of the step (freed memory "
+                               "handed back by malloc_trim, peak reset via /proc/self/clear_refs)",
+                "torch_pruning_setup": "MetaPruner, MagnitudeImportance(p=1), pruning_ratio=0.5, example_inputs=(x,), "
+                                       "ignored_layers = the layers producing the outputs, no num_heads"}
+
+    def save(rows: list[dict]) -> dict:
+        """Written after every model, so a run cut short still leaves its rows."""
+        merged = {**kept, **{r["model"]: r for r in rows}}
+        order = list(kept) + [r["model"] for r in rows if r["model"] not in kept]
+        all_rows = [merged[n] for n in order]
+        payload = {"machine": facts, "settings": settings,
+                   "progress": {"requested": len(names), "finished": len(rows)},
+                   "summary": summarise(all_rows), "rows": all_rows}
+        write_json("zoo.json", payload)
+        return payload
+
     console = Console()
     rows = []
     columns = (TextColumn("{task.description:40s}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -322,29 +348,11 @@ def main() -> None:
                                           stage_timeout=args.step_timeout, total_timeout=args.total_timeout,
                                           mem_limit_gib=args.mem_limit)
             rows.append(_row(name, results))
+            payload = save(rows)
             cells = [f"{t}: " + (f"ok {r['seconds']:.2f} s {r['peak_mib']:.0f} MiB" if r["ok"]
                                  else f"[red]FAIL[/red] {r['error'][:70]}") for t, r in results.items()]
             console.print(f"{name:40s} " + " | ".join(cells), highlight=False, soft_wrap=True)
             progress.advance(task)
-    path = RESULTS / "zoo.json"
-    if args.models and path.exists():  # a partial run replaces its own rows only
-        old = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
-        order = list(old) + [r["model"] for r in rows if r["model"] not in old]
-        old.update({r["model"]: r for r in rows})
-        rows = [old[n] for n in order]
-    settings = {"ratio": RATIO, "importance": "l1", "torch_pruning": _version("torch-pruning"),
-                "falf_fx": _version("falf_fx"), "torchvision": _version("torchvision"), "threads": args.threads,
-                "repeats": args.repeats, "step_timeout_s": args.step_timeout, "total_timeout_s": args.total_timeout,
-                "mem_limit_gib": args.mem_limit,
-                "time": "fastest of `repeats` runs of the measured step, each on a freshly built model, "
-                        "after a warm-up run of the tool on a small net (one-off costs: warmup_s)",
-                "peak_memory": "largest over the runs of VmHWM minus VmRSS at the start of the step (freed memory "
-                               "handed back by malloc_trim, peak reset via /proc/self/clear_refs)",
-                "torch_pruning_setup": "MetaPruner, MagnitudeImportance(p=1), pruning_ratio=0.5, example_inputs=(x,), "
-                                       "ignored_layers = the layers producing the outputs, no num_heads"}
-    payload = {"machine": facts, "settings": settings,
-               "summary": summarise(rows), "rows": rows}
-    write_json("zoo.json", payload)
     console.print_json(json.dumps(payload["summary"]))
 
 
