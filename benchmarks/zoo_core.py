@@ -63,7 +63,10 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     names, rows = sys.argv[1:] or MODELS, []
-    for name in names:
+    if sys.argv[1:] and OUT.exists():  # a run naming models adds to (or replaces) the rows already there
+        rows = [r for r in json.loads(OUT.read_text())["rows"] if r["model"] not in names]
+        names = [r["model"] for r in rows] + list(names)
+    for name in names[len(rows):]:
         try:
             rows.append(measure(name))
         except Exception as error:  # noqa: BLE001 - a failure is a row, never an aborted sweep
