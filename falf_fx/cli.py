@@ -190,7 +190,7 @@ def _check_compress_args(a: argparse.Namespace) -> None:
         raise CliError(f"--tolerance is an accuracy drop between 0 and 1 (0.01 = one point), got {a.tolerance}")
     for flag, value, least in (("--rounds", a.rounds, 1), ("--batch-size", a.batch_size, 1),
                                ("--pretrain-epochs", a.pretrain_epochs, 0), ("--finetune-epochs", a.finetune_epochs, 0)):
-        if value < least:
+        if value is not None and value < least:
             raise CliError(f"{flag} must be an integer of at least {least}, got {value}")
     if a.resume and a.checkpoint_dir is None:
         raise CliError("--resume continues from --checkpoint-dir: give the directory of the interrupted run")
@@ -327,7 +327,8 @@ def _add_compress(sub: Any) -> None:
                    help="fraction of the original MACs to keep, e.g. 0.25")
     p.add_argument("--tolerance", type=float, default=None, metavar="F",
                    help="stop before validation accuracy drops by more than F (0.01 = one point)")
-    p.add_argument("--rounds", type=int, default=4, help="score -> slim -> fine-tune rounds (default 4)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="most score -> slim -> fine-tune rounds (default: the method's own, 4 for score methods)")
     p.add_argument("--pretrain-epochs", type=int, default=0,
                    help="train the model on the data first (default 0: the model is already trained)")
     p.add_argument("--pretrain-lr", type=float, default=0.05, help="pretraining learning rate (default 0.05)")

@@ -110,19 +110,23 @@ def _check_target(gm: fx.GraphModule, example: torch.Tensor, target_macs: float)
 
 def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", example_inputs: Any = None,
              val_loader: Optional[DataLoader] = None, loss_fn: Optional[Callable] = None,
-             target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: int = 4, step: float = 0.3,
+             target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: Optional[int] = None,
+             step: float = 0.3,
              finetune_epochs: int = 1, finetune_lr: float = 0.01, checkpoint_dir: Optional[str] = None,
              resume: bool = False, seed: int = 0, progress: bool = True, **method_options) -> CompressResult:
     """Compress a trained classifier: rounds of score -> slim -> fine-tune.
 
     Stops at ``target_macs`` (fraction of the original MACs) or before the accuracy
     on ``val_loader`` drops by more than ``tolerance`` (e.g. 0.01 = one point).
+    ``rounds`` is the most rounds to run (default: the method's own, e.g. 4 for
+    score methods, 1 for one-shot ones); a method may stop earlier.
     """
     if target_macs is None and tolerance is None:
         raise ValueError("give target_macs (e.g. 0.25 of the original MACs), tolerance (e.g. 0.01), or both")
     if tolerance is not None and val_loader is None:
         raise ValueError("tolerance is measured on val_loader: pass val_loader=")
     pruner = make_method(method, **method_options)
+    rounds = rounds or pruner.default_rounds
     batch = _first_batch(loader)
     example = example_inputs if example_inputs is not None else batch[0][:1]
     classes = _check_classifier(model, batch, loss_fn is not None)
@@ -146,6 +150,9 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
         if state["origin"] != origin:
             raise CheckpointError(f"checkpoint {store.path(_STATE)} was written for a different model")
         gm, history, start_round = trace(state["model"], example), state["history"], state["round"] + 1
+        pruner.load_state(state["method"])
+        if state.get("stopped"):
+            start_round = rounds
 
     for index in range(start_round, rounds):
         current = count_cost(gm, example).macs
@@ -156,28 +163,32 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
         else:  # tolerance only: take a fixed share of what is left, until accuracy says stop
             goal_macs = current * (1.0 - step)
         analysis = analyze_graph(gm)
-        round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, store, resume, progress)
-        scores = pruner.scores(round_)
-        plan = plan_for_macs(analysis, scores, current - goal_macs,
-                             channel_mac_costs(analysis, macs_by_module(gm, example)))
-        candidate = slim_graph_module(gm, plan)
+        costs = channel_mac_costs(analysis, macs_by_module(gm, example))
+        round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, macs_to_remove=current - goal_macs,
+                       costs=costs, total_macs=current,
+                       target_macs=None if target_macs is None else target_macs * before.macs,
+                       val_loader=val_loader, checkpoints=store, resume=resume, progress=progress)
+        proposal = pruner.propose(round_)
+        candidate = slim_graph_module(proposal.model, proposal.plan)
         train(candidate, loader, main_loss, TrainConfig(epochs=finetune_epochs, lr=finetune_lr, seed=seed),
-              phase=f"round{index}-finetune", checkpoints=store, resume=resume, progress=progress)
-        record = {"round": index + 1, "method": pruner.name, "channels_removed": plan.num_removed,
-                  "macs": count_cost(candidate, example).macs}
+              phase=round_.phase("finetune"), checkpoints=store, resume=resume, progress=progress)
+        record = {"round": index + 1, "method": pruner.name, "channels_removed": proposal.plan.num_removed,
+                  "macs": count_cost(candidate, example).macs, **proposal.record}
         record["macs_ratio"] = record["macs"] / before.macs
         if val_loader is not None:
             record["accuracy"] = evaluate(candidate, val_loader)["accuracy"]
-        if tolerance is not None and base_acc - record["accuracy"] > tolerance:
-            record["kept"] = False  # outside the tolerance: keep the previous round's model and stop
-            history.append(record)
-            break
-        record["kept"] = True
+        # outside the tolerance: keep the previous round's model
+        record["kept"] = tolerance is None or base_acc - record["accuracy"] <= tolerance
         history.append(record)
-        gm = candidate
+        if record["kept"]:
+            gm = candidate
+        go_on = pruner.observe(record)
         if store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
             store.directory.mkdir(parents=True, exist_ok=True)
-            torch.save({"origin": origin, "model": gm, "history": history, "round": index}, store.path(_STATE))
+            torch.save({"origin": origin, "model": gm, "history": history, "round": index,
+                        "method": pruner.state(), "stopped": not go_on}, store.path(_STATE))
+        if not go_on:
+            break
     after = count_cost(gm, example)
     report = {"before": report_before,
               "after": {"macs": after.macs, "flops": after.flops, "params": after.params,

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import PruningMethod, Round
+from .base import Proposal, PruningMethod, Round, ScoreMethod
 from .falf import FALF, Stability
 from .magnitude import Magnitude
 
-__all__ = ["METHODS", "FALF", "Magnitude", "PruningMethod", "Round", "Stability", "make_method"]
+__all__ = ["METHODS", "FALF", "Magnitude", "Proposal", "PruningMethod", "Round", "ScoreMethod", "Stability",
+           "make_method"]
 
 METHODS = {"falf": FALF, "stability": Stability, "magnitude": Magnitude}
 

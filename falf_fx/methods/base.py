@@ -1,8 +1,15 @@
-"""What every pruning criterion sees and returns: one small protocol."""
+"""What every pruning method sees and returns: one small protocol.
+
+A method gets a :class:`Round` (the current model, its analysis, data, MAC costs
+and how many MACs this round should remove) and returns a :class:`Proposal`: a
+plan, and the model the plan applies to (a method may train or fold the model
+first).  ``compress`` does the rest the same way for every method: slim,
+fine-tune, measure, checkpoint, stop.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
@@ -10,16 +17,18 @@ from torch import fx
 from torch.utils.data import DataLoader
 
 from passes.analysis import Analysis
+from passes.plan import PruningPlan
 
 from ..checkpoint import CheckpointStore
+from ..planning import plan_for_macs
 from ..training import LossFn, all_reduce_mean
 
-__all__ = ["Round", "PruningMethod", "shared_scores", "weight_members"]
+__all__ = ["Round", "Proposal", "PruningMethod", "ScoreMethod", "shared_scores", "weight_members"]
 
 
 @dataclass
 class Round:
-    """One pruning round: the current model, its analysis and the training resources."""
+    """One pruning round: the current model, its analysis, the training resources and the budget."""
 
     gm: fx.GraphModule
     analysis: Analysis
@@ -28,16 +37,67 @@ class Round:
     num_classes: int
     index: int
     seed: int
+    macs_to_remove: float = float("inf")  # this round's share of the MACs target (inf: tolerance only)
+    costs: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> MACs saved per channel removed
+    total_macs: float = 0.0  # MACs of ``gm``
+    target_macs: Optional[float] = None  # absolute MACs to end at (None: tolerance only)
+    val_loader: Optional[DataLoader] = None
     checkpoints: Optional[CheckpointStore] = None
     resume: bool = False
     progress: bool = True
 
+    def phase(self, name: str) -> str:
+        """A checkpoint phase name unique to this round."""
+        return f"round{self.index}-{name}"
+
+
+@dataclass
+class Proposal:
+    """What a method wants removed, from which model, and what to record about it."""
+
+    plan: PruningPlan
+    model: fx.GraphModule
+    record: dict[str, Any] = field(default_factory=dict)  # extra history fields (thresholds, lambdas...)
+
 
 class PruningMethod(Protocol):
     name: str
+    default_rounds: int  # rounds compress runs unless told otherwise (1: the method allocates the target at once)
+
+    def propose(self, round_: Round) -> Proposal:
+        """Decide this round's removals."""
+
+    def observe(self, record: dict[str, Any]) -> bool:
+        """See the round's outcome (``kept``, accuracy, MACs); return False to stop."""
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to go on as an uninterrupted one would."""
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        ...
+
+
+class ScoreMethod:
+    """A method that scores channels (higher = keep); the global MACs allocation does the rest."""
+
+    name = "score"
+    default_rounds = 4
 
     def scores(self, round_: Round) -> dict[int, np.ndarray]:
-        """Per prunable group, one score per channel: higher means keep."""
+        raise NotImplementedError
+
+    def propose(self, round_: Round) -> Proposal:
+        scores = self.scores(round_)
+        return Proposal(plan_for_macs(round_.analysis, scores, round_.macs_to_remove, round_.costs), round_.gm)
+
+    def observe(self, record: dict[str, Any]) -> bool:
+        return bool(record["kept"])
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def shared_scores(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

@@ -25,7 +25,7 @@ from passes.instrument import AttachFatuousHeads
 
 from ..data import with_indices
 from ..training import TrainConfig, epoch_loader, train
-from .base import Round, shared_scores, weight_members
+from .base import Round, ScoreMethod, shared_scores, weight_members
 
 __all__ = ["FALF", "Stability", "FATUOUS_TARGETS", "FALF_SCORES"]
 
@@ -77,7 +77,7 @@ def _per_channel(round_: Round, values: dict[str, torch.Tensor], reduce_sq: bool
 
 
 @dataclass
-class FALF:
+class FALF(ScoreMethod):
     """Options: ``target`` (fatuous task), ``score``, ``lam`` (weight of the fatuous loss),
     ``aux_epochs`` and ``aux_lr`` (the short, gentle auxiliary phase), ``points``
     (attachment nodes; default the last feature map), ``taylor_batches``."""
@@ -110,7 +110,7 @@ class FALF:
 
         train(instrumented, loader, combined,
               TrainConfig(epochs=self.aux_epochs, lr=self.aux_lr, seed=round_.seed, schedule="constant"),
-              phase=f"round{round_.index}-fatuous", checkpoints=round_.checkpoints, resume=round_.resume,
+              phase=round_.phase("fatuous"), checkpoints=round_.checkpoints, resume=round_.resume,
               progress=round_.progress)
         main, fatuous = self._saliency(round_, instrumented, loader, task)
         if self.score == "drift":

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..importance import group_importance
-from .base import Round
+from .base import Round, ScoreMethod
 
 __all__ = ["Magnitude"]
 
 
 @dataclass
-class Magnitude:
+class Magnitude(ScoreMethod):
     importance: str = "l1"
     name: str = "magnitude"
 
