@@ -110,28 +110,43 @@ def _public(task: dict) -> dict:
 def _config_name(method: str, options: dict) -> str:
     if method == "magnitude":
         return "magnitude"
-    return f"falf/{options['target']}/{options['score']}/lam={options['lam']:g}"
+    probe = "/probe" if options.get("probe") else ""
+    return f"falf/{options['target']}/{options['score']}/lam={options['lam']:g}{probe}"
 
 
-def _tasks(stage: str, seeds, weights: dict, best: tuple | None, scale: dict, ranked: dict | None = None) -> list[dict]:
-    model = "lenet5" if stage.startswith("lenet") else "resnet20"
-    if stage == "matched":  # control: magnitude given FALF's total epochs as extra fine-tuning
-        epochs = scale["finetune_epochs"] + SETTINGS["falf_defaults"]["aux_epochs"]
-        return [{"stage": stage, "model": "lenet5", "seed": seed, "target_macs": target, "method": "magnitude",
-                 "options": {}, "config": f"magnitude (fine-tune x{epochs}, epoch-matched)",
-                 "weights": weights[("lenet5", seed)], **scale, "finetune_epochs": epochs}
-                for target in (0.25,) for seed in seeds if ("lenet5", seed) in weights]
+def _parse_stage(stage: str) -> tuple[str, str, float]:
+    """``lenet4`` / ``resnet8p`` / ``lenetm`` -> (model, kind, target_macs); kind: grid, probe, matched, lam."""
     if stage == "lam":
+        return "both", "lam", 0.25
+    model = "lenet5" if stage.startswith("lenet") or stage == "matched" else "resnet20"
+    tail = stage.removeprefix("lenet").removeprefix("resnet")
+    if tail == "m" or stage == "matched":
+        return model, "matched", 0.25
+    return model, "probe" if tail.endswith("p") else "grid", 0.25 if tail.rstrip("p") == "4" else 0.125
+
+
+def _tasks(stage: str, seeds, weights: dict, best: tuple | None, scale: dict, ranked: dict | None = None,
+           top: int | None = None) -> list[dict]:
+    model, kind, target = _parse_stage(stage)
+    if kind == "matched":  # control: magnitude given FALF's total epochs as extra fine-tuning
+        epochs = scale["finetune_epochs"] + SETTINGS["falf_defaults"]["aux_epochs"]
+        return [{"stage": stage, "model": model, "seed": seed, "target_macs": target, "method": "magnitude",
+                 "options": {}, "config": f"magnitude (fine-tune x{epochs}, epoch-matched)",
+                 "weights": weights[(model, seed)], **scale, "finetune_epochs": epochs}
+                for seed in seeds if (model, seed) in weights]
+    if kind == "lam":
         if best is None:
             return []
         configs = [("falf", {"target": best[0], "score": best[1], "lam": lam}) for lam in LAMS if lam != 1.0]
         models_targets = [("lenet5", 0.25), ("resnet20", 0.25)]
     else:
-        falf = [("falf", {"target": t, "score": s, "lam": 1.0}) for t in TARGETS for s in SCORES]
-        ranking = ranked or {}  # later stages run the best LeNet-5 4x configs first
-        falf.sort(key=lambda c: -ranking.get(_config_name(*c), 0.0))
-        configs = [("magnitude", {})] + falf
-        models_targets = [(model, 0.25 if stage.endswith("4") else 0.125)]
+        probe = {"probe": True} if kind == "probe" else {}
+        falf = [("falf", {"target": t, "score": s, "lam": 1.0, **probe}) for t in TARGETS for s in SCORES]
+        ranking = ranked or {}  # later stages run the best 4x configs first; --top keeps only those
+        falf.sort(key=lambda c: -ranking.get(_config_name(c[0], {**c[1], "probe": False}), 0.0))
+        full_grid = kind == "grid" and target == 0.25  # the 4x grid always runs whole: it ranks the rest
+        configs = ([] if probe else [("magnitude", {})]) + (falf if full_grid else falf[:top])
+        models_targets = [(model, target)]
     out = []  # config-major: a deadline cuts whole configs, the ones that ran keep every seed
     for model_name, target in models_targets:
         for method, options in configs:
@@ -178,14 +193,17 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--stages", default="lenet4,resnet4,lenet8,resnet8,lam",
-                        help="in priority order: lenet4, resnet4, lenet8, resnet8, lam; "
-                             "matched = LeNet-5 4x magnitude with FALF's epoch count as fine-tuning")
+                        help="in priority order: lenet4, resnet4, lenet8, resnet8, lam; a 'p' suffix (lenet4p) "
+                             "runs the FALF grid with probe=True; lenetm/resnetm = 4x magnitude with FALF's "
+                             "epoch count as fine-tuning")
     parser.add_argument("--deadline", type=float, default=None,
                         help="unix time after which no new run starts (the rest is recorded as skipped)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--cache", default=None, help="folder that keeps pretrained weights between invocations")
     parser.add_argument("--append", action="store_true", help="add the runs to the existing --out file")
     parser.add_argument("--table", action="store_true", help="print the README table of --out and exit")
+    parser.add_argument("--top", type=int, default=None,
+                        help="probe and 8x stages run only the TOP FALF configs ranked by the model's 4x results")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown(json.loads(Path(args.out).read_text())))
@@ -214,6 +232,8 @@ def main(argv=None) -> None:
         payload["settings"]["stages_requested"] = earlier["settings"]["stages_requested"] + stages
         payload["earlier_invocation"] = {k: earlier[k] for k in ("machine", "wall_seconds") if k in earlier}
         started -= earlier.get("wall_seconds", 0.0)
+
+    done = {_config_key(r) for r in payload["runs"] if "accuracy" in r}  # --append skips what already ran
 
     def save():
         payload["summary"] = summarize(payload["runs"])
@@ -252,9 +272,12 @@ def main(argv=None) -> None:
                 continue
             queue_pretraining(stage)
             collect_weights(stage)
-            lenet4 = payload["summary"].get("lenet5", {}).get("0.25", {})
+            stage_model = _parse_stage(stage)[0]
+            ranked_model = "lenet5" if stage_model == "both" else stage_model
+            ranking_cells = payload["summary"].get(ranked_model, {}).get("0.25", {})
             tasks = _tasks(stage, seeds, weights, payload["best_falf_lam1"], scale,
-                           {c: cell["accuracy_mean"] for c, cell in lenet4.items()})
+                           {c: cell["accuracy_mean"] for c, cell in ranking_cells.items()}, args.top)
+            tasks = [t for t in tasks if _config_key(t) not in done]
             handles = [pool.apply_async(_guarded, ((t, args.deadline),)) for t in tasks]
             if index + 1 < len(stages):
                 queue_pretraining(stages[index + 1])
@@ -304,11 +327,8 @@ def markdown(payload: dict) -> str:
 
 
 def _stage_models(stage: str) -> list[str]:
-    if stage == "lam":
-        return ["lenet5", "resnet20"]
-    if stage == "matched":
-        return ["lenet5"]
-    return ["lenet5" if stage.startswith("lenet") else "resnet20"]
+    model = _parse_stage(stage)[0]
+    return ["lenet5", "resnet20"] if model == "both" else [model]
 
 
 def _guarded(item: tuple) -> dict:

@@ -124,3 +124,17 @@ def test_a_killed_compress_resumes_to_the_same_result(data, trained, tmp_path):
     other = nn.Sequential(tiny_net(), nn.Identity())
     with pytest.raises(CheckpointError, match="different model"):
         falf_fx.compress(other, data[0], checkpoint_dir=tmp_path, resume=True, **options)
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_falf_probe_puts_the_pre_auxiliary_weights_back(probe, data, trained):
+    from falf_fx.methods import FALF, Round
+    from passes.analysis import analyze_graph
+
+    gm = falf_fx.trace(_model(trained), next(iter(data[0]))[0][:1])
+    before = {k: v.clone() for k, v in gm.state_dict().items()}
+    round_ = Round(gm, analyze_graph(gm), data[0], CE, 10, 0, 0, progress=False)
+    scores = FALF(probe=probe, aux_lr=0.05, taylor_batches=2).scores(round_)
+    assert set(scores) == {g.id for g in round_.analysis.prunable_groups}
+    unchanged = all(torch.equal(before[k], v) for k, v in gm.state_dict().items())
+    assert unchanged == probe

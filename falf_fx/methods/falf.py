@@ -80,7 +80,9 @@ def _per_channel(round_: Round, values: dict[str, torch.Tensor], reduce_sq: bool
 class FALF(ScoreMethod):
     """Options: ``target`` (fatuous task), ``score``, ``lam`` (weight of the fatuous loss),
     ``aux_epochs`` and ``aux_lr`` (the short, gentle auxiliary phase), ``points``
-    (attachment nodes; default the last feature map), ``taylor_batches``."""
+    (attachment nodes; default the last feature map), ``taylor_batches``, ``probe``
+    (True: the auxiliary phase only measures; the weights and statistics from before
+    it are put back before slimming, so the fatuous loss never harms the kept filters)."""
 
     target: str = "random"
     score: str = "drift"
@@ -89,6 +91,7 @@ class FALF(ScoreMethod):
     aux_lr: float = 1e-3
     points: Optional[list[str]] = None
     taylor_batches: int = 8
+    probe: bool = False
     name: str = "falf"
 
     def __post_init__(self) -> None:
@@ -102,6 +105,7 @@ class FALF(ScoreMethod):
         task = FatuousTask(self.target, round_.num_classes, len(loader.dataset), round_.seed)
         instrumented = AttachFatuousHeads(round_.num_classes, self.points, seed=round_.seed)(round_.gm).graph_module
         before = {name: p.detach().clone() for name, p in round_.gm.named_parameters()}
+        untouched = {name: t.clone() for name, t in round_.gm.state_dict().items()}
 
         def combined(outputs, batch):
             main, heads = outputs
@@ -121,6 +125,8 @@ class FALF(ScoreMethod):
             devotion = {g: r / (r + np.median(r) + 1e-12) for g, r in relative.items()}
         else:
             devotion = {g: fatuous[g] / (fatuous[g] + main[g] + 1e-12) for g in main}
+        if self.probe:
+            round_.gm.load_state_dict(untouched)
         return shared_scores({g: main[g] * (1.0 - devotion[g]) for g in main})
 
     def _saliency(self, round_: Round, instrumented, loader, task) -> tuple[dict, dict]:
