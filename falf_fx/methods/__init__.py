@@ -6,11 +6,13 @@ from typing import Any
 from .base import Proposal, PruningMethod, Round, ScoreMethod
 from .falf import FALF, Stability
 from .magnitude import Magnitude
+from .pruner_network import PrunerNetwork
 
 __all__ = ["METHODS", "FALF", "Magnitude", "Proposal", "PruningMethod", "Round", "ScoreMethod", "Stability",
            "make_method"]
 
-METHODS = {"falf": FALF, "stability": Stability, "magnitude": Magnitude}
+METHODS = {"falf": FALF, "stability": Stability, "magnitude": Magnitude,
+           "pruner_network": PrunerNetwork}
 
 
 def make_method(name: str, **options: Any) -> PruningMethod:
