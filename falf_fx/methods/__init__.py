@@ -6,13 +6,14 @@ from typing import Any
 from .base import Proposal, PruningMethod, Round, ScoreMethod
 from .falf import FALF, Stability
 from .magnitude import Magnitude
+from .play_and_prune import PlayAndPrune
 from .pruner_network import PrunerNetwork
 
 __all__ = ["METHODS", "FALF", "Magnitude", "Proposal", "PruningMethod", "Round", "ScoreMethod", "Stability",
            "make_method"]
 
 METHODS = {"falf": FALF, "stability": Stability, "magnitude": Magnitude,
-           "pruner_network": PrunerNetwork}
+           "pruner_network": PrunerNetwork, "play_and_prune": PlayAndPrune}
 
 
 def make_method(name: str, **options: Any) -> PruningMethod:

@@ -1,0 +1,206 @@
+"""Play and Prune (IJCAI 2019): the user gives an accuracy tolerance, a controller decides how hard to prune.
+
+Two players.  The Adaptive Filter Pruning module (:meth:`PlayAndPrune.propose`)
+takes the filters whose l1 norm is below a threshold W_t, trains with
+``L + lam_t * sum ||f||_1`` over them, removes those that reach zero, and folds
+what they leave behind (a constant activation) into the next layers' biases.
+The Pruning Rate Controller (:func:`next_setting`, called from ``observe``)
+raises W_t and lam_t while the rounds stay inside the tolerance and backs off
+when one does not.  The paper's text was not available: the forms below are
+reconstructions (methods.md, section 3), each one an option.
+
+* W_t is a fraction of each group's mean filter norm, not a quantile: a layer
+  with many weak filters offers more candidates, so per-layer rates follow the
+  norms instead of being uniform.
+* A filter's norm is the l1 norm of all its weight slices (the producing
+  kernel and the consuming layers' slices): with BatchNorm after a conv the
+  producing kernel's scale is irrelevant, only the consumers' slices can make
+  the channel stop mattering.
+* The penalty of a group is scaled by its mean |w|, so lam_t is a speed: with
+  plain SGD a candidate loses lr * lam_t of the group's typical weight per step,
+  whatever the layer's scale and fan-in.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from passes.analysis import Analysis
+from passes.fold_constants import fold_constants, measure_inputs, removed_inputs
+from passes.plan import PruningPlan
+
+from ..planning import plan_for_macs
+from ..testing import MaskedReference
+from ..training import TrainConfig, all_reduce_mean, epoch_loader, train
+from .base import Proposal, Round, weight_members
+
+__all__ = ["PlayAndPrune", "Setting", "next_setting"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The controller's state: the current W_t and lam_t, the last ones that stayed inside the tolerance."""
+
+    threshold: float  # W_t, a fraction of each group's mean filter norm
+    lam: float  # lam_t
+    safe_threshold: float = 0.0
+    safe_lam: float = 0.0
+    idle: int = 0  # failures in a row (see next_setting)
+
+
+def next_setting(setting: Setting, kept: bool, removed: int, *, grow: float, max_threshold: float,
+                 patience: int) -> tuple[Setting, bool]:
+    """The Pruning Rate Controller's rule; returns the next setting and whether to go on.
+
+    Inside the tolerance the setting becomes the safe one and W_t, lam_t grow by
+    ``grow`` (W_t up to ``max_threshold``); a round that removed nothing also
+    raises them (the penalty was too weak to zero a filter).  Outside, back off
+    halfway to the safe setting: compress has already restored the last model
+    inside the tolerance, which is the paper's "lam = 0, fine-tune until back
+    inside" at no cost.  Stop after ``patience`` failures in a row: rounds outside
+    the tolerance, or rounds that removed nothing with W_t already at its maximum.
+    """
+    failed = not kept or (removed == 0 and setting.threshold >= max_threshold)
+    idle = setting.idle + 1 if failed else 0
+    if kept:
+        new = Setting(min(setting.threshold * grow, max_threshold), setting.lam * grow,
+                      setting.threshold, setting.lam, idle)
+    else:
+        new = Setting((setting.safe_threshold + setting.threshold) / 2, (setting.safe_lam + setting.lam) / 2,
+                      setting.safe_threshold, setting.safe_lam, idle)
+    return new, idle < patience
+
+
+class _FilterNorms:
+    """Differentiable l1 norm of every channel of every prunable group, over all its weight slices."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.groups = {}
+        for group in analysis.prunable_groups:
+            slices = [(tensor, member.dim, torch.as_tensor(member.positions), torch.as_tensor(member.channels))
+                      for member, tensor in weight_members(analysis, group.id)]
+            if slices:
+                self.groups[group.id] = (group.size, torch.as_tensor(~group.frozen), slices)
+
+    def __call__(self) -> dict[int, torch.Tensor]:
+        out = {}
+        for gid, (size, _, slices) in self.groups.items():
+            norm = torch.zeros(size, dtype=torch.float32)
+            for tensor, dim, positions, channels in slices:
+                per_position = tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1).abs().sum(1)
+                norm = norm.index_add(0, channels, per_position[positions].float())
+            out[gid] = norm
+        return out
+
+    def elements(self) -> dict[int, torch.Tensor]:
+        """Number of weights per channel (to turn a norm into a mean |w|)."""
+        out = {}
+        for gid, (size, _, slices) in self.groups.items():
+            count = torch.zeros(size)
+            for tensor, dim, positions, channels in slices:
+                count.index_add_(0, channels, torch.full((positions.numel(),), tensor.numel() / tensor.shape[dim]))
+            out[gid] = count
+        return out
+
+
+@dataclass
+class PlayAndPrune:
+    """Options: ``threshold`` and ``lam`` (W_0 and lam_0), ``grow`` (the controller's step), ``max_threshold``,
+    ``zero`` (a filter has reached zero below ``zero`` x its group's mean norm), ``reg_epochs`` and ``reg_lr``
+    (the regularised phase), ``patience`` (rounds without progress before stopping), ``fold_batches``
+    (batches that measure the constants folded into the next layers)."""
+
+    threshold: float = 0.7
+    lam: float = 1.0
+    grow: float = 1.5
+    max_threshold: float = 1.0
+    zero: float = 0.3
+    reg_epochs: int = 1
+    reg_lr: float = 0.01
+    patience: int = 2
+    fold_batches: int = 4
+    setting: Setting = field(init=False)
+    name: ClassVar[str] = "play_and_prune"
+    default_rounds: ClassVar[int] = 12
+
+    def __post_init__(self) -> None:
+        if not (self.threshold > 0 and self.lam > 0 and self.grow >= 1 and 0 < self.zero < 1 and self.patience >= 1):
+            raise ValueError("play_and_prune needs threshold > 0, lam > 0, grow >= 1, 0 < zero < 1 and patience >= 1")
+        self.setting = Setting(self.threshold, self.lam)
+
+    def propose(self, round_: Round) -> Proposal:
+        model = copy.deepcopy(round_.gm)  # a rejected round must leave the previous model as it was
+        analysis = replace(round_.analysis, graph_module=model)
+        norms = _FilterNorms(analysis)
+        with torch.no_grad():
+            start = norms()
+        unfrozen = {g: norms.groups[g][1] for g in start}
+        mean = {g: start[g][unfrozen[g]].mean() for g in start}
+        candidates = {g: (start[g] < self.setting.threshold * mean[g]) & unfrozen[g] for g in start}
+        scale = {g: mean[g] / norms.elements()[g][unfrozen[g]].mean() for g in start}  # the group's mean |w|
+        lam = self.setting.lam
+
+        def regularised(outputs, batch):
+            penalty = sum(scale[g] * n[candidates[g]].sum() for g, n in norms().items())
+            return round_.main_loss(outputs, batch) + lam * penalty
+
+        train(model, round_.train_loader, regularised,
+              TrainConfig(epochs=self.reg_epochs, lr=self.reg_lr, seed=round_.seed, schedule="constant"),
+              phase=round_.phase("regularise"), checkpoints=round_.checkpoints, resume=round_.resume,
+              progress=round_.progress)
+        with torch.no_grad():
+            end = norms()
+        zeroed = {g: ((end[g] <= self.zero * mean[g]) & unfrozen[g]).numpy() for g in end}
+        plan = self._plan(round_, analysis, {g: (end[g] / mean[g]).double().numpy() for g in end}, zeroed)
+        record = {"threshold": self.setting.threshold, "lam": lam,
+                  "candidates": int(sum(c.sum() for c in candidates.values())),
+                  "zeroed": int(sum(z.sum() for z in zeroed.values())), "inexact_folds": 0, "removal_error": 0.0}
+        if not plan.num_removed:
+            return Proposal(plan, model, record)
+        batches = list(itertools.islice(epoch_loader(round_.train_loader, round_.seed, round_.index),
+                                        self.fold_batches))
+        constants = {k: all_reduce_mean(v) for k, v in measure_inputs(model, removed_inputs(plan), batches).items()}
+        folded = fold_constants(model, plan, constants)
+        record["inexact_folds"] = len(folded.inexact)
+        record["removal_error"] = _removal_error(model, folded.graph_module, folded.plan, batches[0][0])
+        return Proposal(folded.plan, folded.graph_module, record)
+
+    def _plan(self, round_: Round, analysis: Analysis, scores: dict[int, np.ndarray],
+              zeroed: dict[int, np.ndarray]) -> PruningPlan:
+        """The zeroed filters, lowest first and never a group's last; with a MACs target, no more than it needs."""
+        budget = float("inf") if round_.target_macs is None else round_.total_macs - round_.target_macs
+        full = {g.id: scores.get(g.id, np.ones(g.size)) for g in analysis.prunable_groups}
+        allowed = plan_for_macs(analysis, full, budget, round_.costs)  # valid, so any subset of it is too
+        return PruningPlan.build(analysis, {g: [i for i in idx if g in zeroed and zeroed[g][i]]
+                                            for g, idx in allowed.removals.items()})
+
+    def observe(self, record: dict[str, Any]) -> bool:
+        self.setting, go_on = next_setting(self.setting, bool(record["kept"]), int(record["channels_removed"]),
+                                           grow=self.grow, max_threshold=self.max_threshold, patience=self.patience)
+        return go_on
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self.setting)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.setting = Setting(**state)
+
+
+@torch.no_grad()
+def _removal_error(before: torch.nn.Module, folded: torch.nn.Module, plan: PruningPlan, x: torch.Tensor) -> float:
+    """How much removing the zeroed filters (after folding) changes the outputs: max |diff| / max |output|."""
+    modes = {m: m.training for m in itertools.chain(before.modules(), folded.modules())}
+    before.eval()
+    folded.eval()
+    try:
+        want = before(x)
+        got = MaskedReference(plan, folded).run(x)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
