@@ -5,6 +5,7 @@ from passes.plan import PruningPlan
 from .api import analyze, prune, slim
 from .capture import trace
 from .compress import CompressResult, compress
+from .hetconv import hetconv
 from .errors import EquivalenceError, FalfError, PlanError, ShapePropagationError, SlimError, TraceError
 from .importance import group_importance
 from .planning import plan_by_ratio, random_plan
@@ -15,5 +16,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Analysis", "ChannelGroup", "GroupMember", "PruningPlan", "analyze", "prune", "slim", "trace",
     "EquivalenceError", "FalfError", "PlanError", "ShapePropagationError", "SlimError", "TraceError",
-    "group_importance", "plan_by_ratio", "random_plan", "load", "save", "compress", "CompressResult",
+    "group_importance", "plan_by_ratio", "random_plan", "load", "save", "compress", "CompressResult", "hetconv",
 ]

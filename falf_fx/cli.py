@@ -160,6 +160,42 @@ def _cmd_prune(s: _Session) -> None:
         s.out.print("not saved: pass --out PATH to keep the slim model")
 
 
+def _cmd_hetconv(s: _Session) -> None:
+    from .hetconv import cost_table, hetconv, hetconv_layer_costs, output_distance
+
+    a = s.args
+    if a.p < 1:
+        raise CliError(f"--p must be a positive integer, got {a.p}")
+    if a.out is not None and not a.out.parent.is_dir():
+        raise CliError(f"--out '{a.out}': directory '{a.out.parent}' does not exist")
+    gm = s.traced()
+    with s.status(f"replacing convs by HetConv layers with P={a.p}"):
+        try:
+            het = hetconv(gm, s.example, p=a.p, select=a.select or None)
+        except ValueError as error:  # a --select pattern that matches no conv
+            raise CliError(str(error)) from error
+    with s.status("counting MACs before and after"):
+        rows = hetconv_layer_costs(gm, het, s.example)
+        report = CostReport(a.model, s.input_shape, count_cost(gm, s.example), count_cost(het, s.example))
+        distance = output_distance(gm, het, s.example)
+    if a.out is not None:
+        _save(het, a.out)
+    skipped = het.meta["falf_fx.hetconv"]["skipped"]
+    if a.format == "json":
+        s.emit({**report.to_json(), "p": a.p, "layers": [vars(r) for r in rows], "skipped": skipped,
+                "output_distance": distance, "out": str(a.out) if a.out else None})
+        return
+    s.emit(cost_table(rows, f"{a.model}: HetConv P={a.p}, {len(rows)} convs converted"))
+    s.emit(report.table())
+    for name, reason in skipped.items():
+        s.out.print(f"kept standard: {name}: {reason}", soft_wrap=True, markup=False)
+    s.out.print(f"outputs moved by {distance:.3g} (relative L2, example input, before fine-tuning)",
+                soft_wrap=True, markup=False)
+    if a.out is not None:
+        s.out.print(f"saved the HetConv model to {a.out} (load it with torch.load(path, weights_only=False))",
+                    soft_wrap=True, markup=False)
+
+
 def _cross_entropy(outputs: torch.Tensor, batch: tuple) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(outputs, batch[1])
 
@@ -304,6 +340,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="keep a multiple of N channels in groups of at least N (e.g. 8 for GPUs)")
     p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to torch.save the slim model")
+    p = command("hetconv", _cmd_hetconv, "replace 3x3 convs by HetConv layers (3x3 kernels on 1/P of each "
+                "filter's inputs, 1x1 on the rest) and print MACs and params per layer", ("text", "json"))
+    p.add_argument("--p", type=int, default=4, help="part P: a 3x3 kernel on 1 input channel in P (default 4)")
+    p.add_argument("--select", action="append", default=[], metavar="PATTERN",
+                   help="convert the convs whose names match (fnmatch, repeatable; default: every 3x3 conv with "
+                        "stride 1 or 2 but the first)")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to torch.save the HetConv model")
     _add_compress(sub)
     return parser
 
