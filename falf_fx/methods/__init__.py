@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Proposal, PruningMethod, Round, ScoreMethod
+from .correlation import Correlation
 from .falf import FALF, Stability
 from .magnitude import Magnitude
 from .play_and_prune import PlayAndPrune
@@ -12,7 +13,7 @@ from .pruner_network import PrunerNetwork
 __all__ = ["METHODS", "FALF", "Magnitude", "Proposal", "PruningMethod", "Round", "ScoreMethod", "Stability",
            "make_method"]
 
-METHODS = {"falf": FALF, "stability": Stability, "magnitude": Magnitude,
+METHODS = {"falf": FALF, "stability": Stability, "magnitude": Magnitude, "correlation": Correlation,
            "pruner_network": PrunerNetwork, "play_and_prune": PlayAndPrune}
 
 

@@ -1,0 +1,248 @@
+"""CFP, filter-correlation pruning (WACV 2020): of two strongly correlated filters, one is redundant.
+
+Each round, per prunable group:
+
+1. every channel's *filter* is the concatenation of its slices in all of the
+   group's producer weights (a residual group's filter spans every conv that
+   writes into it), flattened; Pearson |rho| between every pair of filters;
+2. the most correlated disjoint pairs are taken, the number of pairs per group
+   proportional to the group's MACs (the paper's FLOPs-proportional count),
+   until this round's share of the MACs target is covered;
+3. correlation-raising phase: train ``L + mu * R`` for ``raise_epochs``, where R
+   pulls the chosen pairs to |rho| = 1, so that dropping one of each pair loses
+   little; ``raise_epochs=0`` skips it (the ablation arm);
+4. one filter of each pair is dropped, the one with the smaller l1 norm over all
+   of the group's weights (producer filters, norm scales and the next layer's
+   input slices: the one the network relies on less); compress fine-tunes.
+
+The regulariser.  The paper writes ``exp(-sum |rho|)``.  Its gradient on one
+pair is ``exp(-sum |rho|)``, a factor shared by every pair: with 50 pairs at
+|rho| = 0.3 it is exp(-15) = 3e-7, so nothing moves.  ``penalty="exp"`` (the
+default) is the per-pair form ``sum exp(-|rho|)``, whose gradient on each pair
+is exp(-|rho|) in [0.37, 1] whatever the other pairs do; ``"linear"``,
+``sum (1 - |rho|)``, has gradient 1; ``"paper"`` keeps the original to measure it.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import heapq
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from passes.analysis import ChannelGroup
+from passes.plan import PruningPlan
+
+from ..importance import group_importance
+from ..planning import _repair_emptied_axes
+from ..training import TrainConfig, train
+from .base import Proposal, Round
+
+__all__ = ["Correlation", "PENALTIES", "correlation_penalty", "pair_pearson", "pearson", "producer_filters",
+           "select_pairs"]
+
+PENALTIES = ("exp", "linear", "paper")
+Pair = tuple[int, int]  # (kept channel, dropped channel), indices in the group
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(owner), attr)
+
+
+def _is_transposed(module: nn.Module, owner: str) -> bool:
+    try:
+        return isinstance(module.get_submodule(owner), nn.modules.conv._ConvTransposeNd)
+    except AttributeError:  # a functional producer: the owner is the weight's own name
+        return False
+
+
+def _producer_members(module: nn.Module, group: ChannelGroup) -> list:
+    """The group's slices along the output axis of each producer's weight."""
+    found = []
+    for owner in group.producers:
+        members = [m for m in group.param_members if m.name in (owner, f"{owner}.weight")]
+        if len(members) > 1:  # input and output axes in one group: keep the output axis
+            members = [m for m in members if m.dim == (1 if _is_transposed(module, owner) else 0)]
+        found.extend(m for m in members if _tensor(module, m.name).dim() >= 2)
+    return found
+
+
+def producer_filters(module: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """One row per channel of ``group``: its producer slices, flattened and concatenated.
+
+    Differentiable in ``module``'s parameters (the regulariser trains through it).
+    A producer that covers only some channels (several positions per channel, as
+    in a grouped conv, or none) leaves zeros in the others' rows.
+    """
+    blocks = []
+    for member in _producer_members(module, group):
+        weight = _tensor(module, member.name)
+        rows = weight.movedim(member.dim, 0).reshape(weight.shape[member.dim], -1)[member.positions]
+        order = np.lexsort((member.positions, member.channels))
+        channels = member.channels[order]
+        starts = np.searchsorted(channels, channels)  # the k-th position of a channel goes to block k
+        rank = np.arange(channels.size) - starts
+        block = rows.new_zeros(group.size, int(rank.max()) + 1, rows.shape[1])
+        block[torch.as_tensor(channels), torch.as_tensor(rank)] = rows[torch.as_tensor(order)]
+        blocks.append(block.reshape(group.size, -1))
+    if not blocks:
+        return torch.zeros(group.size, 0)
+    return torch.cat(blocks, dim=1)
+
+
+def _standardised(filters: torch.Tensor) -> torch.Tensor:
+    """Rows centred and scaled to unit norm, so dot products are Pearson coefficients (0 for a flat row)."""
+    centred = filters - filters.mean(dim=1, keepdim=True)
+    return centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def pearson(filters: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation between every pair of rows (like ``numpy.corrcoef``)."""
+    z = _standardised(filters)
+    return z @ z.T
+
+
+def pair_pearson(filters: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of rows ``first[k]`` and ``second[k]`` only, for each k."""
+    z = _standardised(filters)
+    return (z[first] * z[second]).sum(dim=1)
+
+
+def correlation_penalty(rho: torch.Tensor, form: str = "exp") -> torch.Tensor:
+    """R, small when every |rho| is near 1 (see the module docstring for why not the paper's form)."""
+    if form == "exp":
+        return torch.exp(-rho.abs()).sum()
+    if form == "linear":
+        return (1.0 - rho.abs()).sum()
+    if form == "paper":
+        return torch.exp(-rho.abs().sum())
+    raise ValueError(f"penalty must be one of {PENALTIES}, not {form!r}")
+
+
+def _orient(a: int, b: int, score: np.ndarray, frozen: np.ndarray) -> Pair:
+    """(keep, drop): drop the lower score, never a frozen channel; ties drop the later index."""
+    if frozen[b] or (not frozen[a] and score[a] < score[b]):
+        return b, a
+    return a, b
+
+
+def select_pairs(correlation: Mapping[int, np.ndarray], group_macs: Mapping[int, float],
+                 costs: Mapping[int, np.ndarray], macs_to_remove: float, frozen: Mapping[int, np.ndarray],
+                 scores: Mapping[int, np.ndarray]) -> dict[int, list[Pair]]:
+    """The most correlated disjoint pairs, counts per group proportional to its MACs, until the budget.
+
+    Pairs are handed out one at a time to the group with the smallest
+    (pairs taken + 1) / MACs (the D'Hondt apportionment), so the counts stay
+    proportional to the MACs; each group gives its highest-|rho| pair whose two
+    channels are both still unpaired.  Stops once the dropped channels' costs
+    reach ``macs_to_remove`` or no group has a pair left; a pair of two frozen
+    channels is never taken.  Disjoint pairs never empty a group.
+    """
+    queues, used, taken = {}, {}, {}
+    for gid, rho in correlation.items():
+        n = rho.shape[0]
+        if group_macs[gid] <= 0 or n < 2:
+            continue
+        first, second = np.triu_indices(n, k=1)
+        keep = ~(frozen[gid][first] & frozen[gid][second])
+        first, second = first[keep], second[keep]
+        order = np.argsort(-np.abs(rho[first, second]), kind="stable")
+        queues[gid] = iter(zip(first[order].tolist(), second[order].tolist()))
+        used[gid], taken[gid] = set(), []
+    heap = [(1.0 / group_macs[gid], gid) for gid in queues]
+    heapq.heapify(heap)
+    saved = 0.0
+    while heap and saved < macs_to_remove:
+        _, gid = heapq.heappop(heap)
+        pair = next(((a, b) for a, b in queues[gid] if a not in used[gid] and b not in used[gid]), None)
+        if pair is None:
+            continue  # this group has no disjoint pair left
+        used[gid].update(pair)
+        keep, drop = _orient(*pair, scores[gid], frozen[gid])
+        taken[gid].append((keep, drop))
+        saved += float(costs[gid][drop])
+        heapq.heappush(heap, ((len(taken[gid]) + 1) / group_macs[gid], gid))
+    return {gid: pairs for gid, pairs in taken.items() if pairs}
+
+
+@dataclass
+class Correlation:
+    """Options: ``mu`` (weight of R), ``raise_epochs`` (0: no correlation-raising phase),
+    ``raise_lr``, ``penalty`` (``exp``, ``linear`` or ``paper``)."""
+
+    mu: float = 1.0
+    raise_epochs: int = 1
+    raise_lr: float = 0.01
+    penalty: str = "exp"
+    name: str = "correlation"
+    default_rounds = 4  # CFP prunes in small steps; compress spreads the MACs target over the rounds
+
+    def __post_init__(self) -> None:
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"penalty must be one of {PENALTIES}, not {self.penalty!r}")
+        if not isinstance(self.raise_epochs, int) or self.raise_epochs < 0:
+            raise ValueError(f"raise_epochs must be a whole number >= 0, not {self.raise_epochs!r}")
+        if float(self.mu) < 0:
+            raise ValueError(f"mu must be >= 0, not {self.mu!r}")
+
+    def propose(self, round_: Round) -> Proposal:
+        analysis = round_.analysis
+        groups = {g.id: g for g in analysis.prunable_groups}
+        with torch.no_grad():
+            correlation = {gid: pearson(producer_filters(round_.gm, g).double()).numpy()
+                           for gid, g in groups.items()}
+        pairs = select_pairs(correlation, {gid: float(round_.costs[gid].sum()) for gid in groups}, round_.costs,
+                             round_.macs_to_remove, {gid: g.frozen for gid, g in groups.items()},
+                             group_importance(analysis, "l1"))
+        model = copy.deepcopy(round_.gm)  # a round compress rejects leaves the previous model untouched
+        rho_before = self._pair_rho(model, groups, pairs)
+        if self.raise_epochs and pairs:
+            self._raise(round_, model, groups, pairs)
+        trained = dataclasses.replace(analysis, graph_module=model)
+        scores = group_importance(trained, "l1")  # which one of a pair goes is decided after raising
+        removals = {gid: sorted(_orient(a, b, scores[gid], groups[gid].frozen)[1] for a, b in group_pairs)
+                    for gid, group_pairs in pairs.items()}
+        _repair_emptied_axes(trained, removals, scores)
+        record = {"pairs": sum(len(p) for p in pairs.values()), "rho_before": rho_before,
+                  "rho_after": self._pair_rho(model, groups, pairs)}
+        return Proposal(PruningPlan.build(trained, removals), model, record)
+
+    def _raise(self, round_: Round, model: nn.Module, groups: dict, pairs: dict[int, list[Pair]]) -> None:
+        """Train ``main loss + mu * R(chosen pairs)`` on ``model`` in place."""
+        index = {gid: (torch.tensor([p[0] for p in ps]), torch.tensor([p[1] for p in ps]))
+                 for gid, ps in pairs.items()}
+
+        def loss(outputs, batch):
+            rho = torch.cat([pair_pearson(producer_filters(model, groups[gid]), *ab) for gid, ab in index.items()])
+            return round_.main_loss(outputs, batch) + self.mu * correlation_penalty(rho, self.penalty)
+
+        train(model, round_.train_loader, loss,
+              TrainConfig(epochs=self.raise_epochs, lr=self.raise_lr, seed=round_.seed, schedule="constant"),
+              phase=round_.phase("correlate"), checkpoints=round_.checkpoints, resume=round_.resume,
+              progress=round_.progress)
+
+    @staticmethod
+    def _pair_rho(model: nn.Module, groups: dict, pairs: dict[int, list[Pair]]) -> float | None:
+        """Mean |rho| of the chosen pairs: how far the raising phase got."""
+        if not pairs:
+            return None
+        with torch.no_grad():
+            rho = torch.cat([pair_pearson(producer_filters(model, groups[gid]).double(),
+                                          torch.tensor([p[0] for p in ps]), torch.tensor([p[1] for p in ps]))
+                             for gid, ps in pairs.items()])
+        return round(float(rho.abs().mean()), 4)
+
+    def observe(self, record: dict[str, Any]) -> bool:
+        return bool(record["kept"]) and record["channels_removed"] > 0
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
