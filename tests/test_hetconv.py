@@ -15,7 +15,7 @@ from falf_fx.cli import main as cli_main
 from falf_fx.flops import count_cost
 from falf_fx.models import vgg16_cifar
 from falf_fx.testing import check_equivalence
-from passes.hetconv import HETCONV_KEY, HetConv2d
+from passes.hetconv import HETCONV_KEY, HetConv2d, HetConvPass
 from tests.conftest import randomize_norms
 
 
@@ -206,6 +206,25 @@ def test_hetconv_then_compress():
     assert result.report["macs_ratio"] <= 0.66
     spatial = result.model.get_submodule("3.spatial")
     assert spatial.groups == 4 and spatial.out_channels % 4 == 0 and spatial.out_channels < 16
+
+
+def test_a_model_built_with_hetconv2d_traces_into_ops_the_analysis_prunes():
+    model = randomize_norms(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        HetConv2d(8, 16, p=4), nn.BatchNorm2d(16), nn.ReLU(),
+        HetConv2d(16, 8, p=2, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))).eval()
+    x = torch.randn(2, 3, 10, 10)
+    analysis = falf_fx.analyze(falf_fx.trace(model, x))
+    sizes = {g.producers[0]: (g.size, g.num_prunable) for g in analysis.groups}
+    assert sizes["0"] == (2, 2)  # 8 channels feeding P=4: blocks of 2, pruned one position of every block
+    assert sizes["3.spatial"] == (4, 4)  # 16 outputs in blocks of 4, read by P=2 in blocks of 8: both hold
+    check_equivalence(model, x, seed=1)
+
+
+def test_pass_runs_in_torch_fx_pass_infrastructure():
+    x = torch.randn(1, 3, 12, 12)
+    result = HetConvPass(p=2, select="body.*")(falf_fx.trace(Mixed(), x))
+    assert result.modified and result.graph_module.meta[HETCONV_KEY]["converted"] == ["body.0"]
 
 
 def test_save_and_load_keep_a_hetconv_model(tmp_path):
