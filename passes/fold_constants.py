@@ -89,7 +89,8 @@ def removed_inputs(plan: PruningPlan) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def measure_inputs(gm: fx.GraphModule, consumers: Mapping[str, np.ndarray], batches: Iterable[Any]) -> dict[str, torch.Tensor]:
+def measure_inputs(gm: fx.GraphModule, consumers: Mapping[str, np.ndarray],
+                   batches: Iterable[Any]) -> dict[str, torch.Tensor]:
     """Mean input of each consumer at the given channel positions, over ``batches`` of model inputs (eval mode)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}

@@ -4,8 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 import falf_fx
+from falf_fx.data import digits_loaders
+from falf_fx.methods import make_method
+from falf_fx.methods.play_and_prune import Setting, next_setting
+from falf_fx.training import TrainConfig, train
 from passes.analysis import analyze_graph
 from passes.fold_constants import fold_constants, measure_inputs, removed_inputs
 from passes.plan import PruningPlan
@@ -16,7 +21,8 @@ from tests.conftest import randomize_norms
 
 
 def _head_linear(bias: bool) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(2, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5, bias=bias))
+    return nn.Sequential(nn.Conv2d(2, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(6 * 4 * 4, 5, bias=bias))
 
 
 def _head_pointwise(bias: bool) -> nn.Sequential:
@@ -90,3 +96,115 @@ def test_fold_refuses_missing_constants():
     plan = PruningPlan.build(analysis, {next(g.id for g in analysis.groups if "0" in g.producers): [0]})
     with pytest.raises(ValueError, match=r"no constants for the consumers \['4'\]"):
         fold_constants(gm, plan, {})
+
+
+# -- the controller -------------------------------------------------------------------------------
+
+RULE = dict(max_threshold=1.0, patience=2)
+
+
+def test_controller_raises_by_its_step_inside_the_tolerance():
+    setting, go_on = next_setting(Setting(0.4, 1.0, step=2.0), kept=True, removed=3, **RULE)
+    assert go_on and setting == Setting(0.8, 2.0, step=2.0, idle=0)
+    setting, _ = next_setting(setting, kept=True, removed=3, **RULE)
+    assert (setting.threshold, setting.lam) == (1.0, 4.0)  # W_t stops at its maximum, lam_t goes on
+
+
+def test_controller_goes_back_halves_the_log_step_and_stops_after_patience_failures():
+    setting, go_on = next_setting(Setting(0.8, 2.0, step=4.0), kept=False, removed=5, **RULE)
+    assert go_on and setting == Setting(0.2, 0.5, step=2.0, idle=1)
+    raised, _ = next_setting(setting, kept=True, removed=1, **RULE)
+    assert raised == Setting(0.4, 1.0, step=2.0, idle=0)  # halfway (log scale) between 0.2 that held and 0.8
+    setting, go_on = next_setting(setting, kept=False, removed=2, **RULE)
+    assert not go_on and setting.idle == 2 and setting.step == pytest.approx(2 ** 0.5)
+
+
+def test_controller_counts_idle_rounds_as_failures_only_at_the_maximum_threshold():
+    setting, go_on = next_setting(Setting(0.5, 1.0, step=3.0, idle=1), kept=True, removed=0, **RULE)
+    assert go_on and setting.idle == 0 and setting.threshold == 1.0
+    setting, go_on = next_setting(Setting(1.0, 1.0, step=3.0, idle=1), kept=True, removed=0, **RULE)
+    assert not go_on and setting.idle == 2
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="0 < zero < 1"):
+        make_method("play_and_prune", zero=2.0)
+
+
+# -- the method end to end ------------------------------------------------------------------------
+
+CE = lambda out, batch: nn.functional.cross_entropy(out, batch[1])  # noqa: E731
+
+
+def tiny_net() -> nn.Sequential:
+    """A small LeNet: no padding, so every fold is exact."""
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(16 * 4 * 4, 10))
+
+
+@pytest.fixture(scope="module")
+def data():
+    train_loader, val_loader = digits_loaders(image_size=8, batch_size=64, seed=0)
+    few = DataLoader(Subset(train_loader.dataset, range(320)), batch_size=64, shuffle=True)  # 5 batches a phase
+    return train_loader, val_loader, few
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    torch.manual_seed(0)
+    model = tiny_net()
+    train(model, data[0], CE, TrainConfig(epochs=6, lr=0.1), progress=False)
+    return model.state_dict()
+
+
+def _model(state) -> nn.Sequential:
+    model = tiny_net()
+    model.load_state_dict(state)
+    return model
+
+
+def test_play_and_prune_cuts_macs_inside_the_tolerance(data, trained):
+    result = falf_fx.compress(_model(trained), data[2], method="play_and_prune", val_loader=data[1],
+                              tolerance=0.03, rounds=2, threshold=1.0, lam=1.0, progress=False)
+    base = result.report["before"]["accuracy"]
+    assert result.report["macs_ratio"] < 1.0
+    assert base - result.report["after"]["accuracy"] <= 0.03
+    first = result.history[0]
+    assert {"threshold", "lam", "zeroed", "accuracy", "macs"} <= first.keys()
+    assert first["kept"] and first["channels_removed"] == first["zeroed"] > 0
+    assert first["removal_error"] < 0.5
+
+
+def test_play_and_prune_stops_at_a_macs_target(data, trained):
+    result = falf_fx.compress(_model(trained), data[2], method="play_and_prune", val_loader=data[1],
+                              target_macs=0.9, rounds=3, threshold=1.0, lam=1.0, progress=False)
+    last = result.history[-1]
+    assert len(result.history) == 2 and last["kept"]  # round two reached the target: no third round
+    assert last["channels_removed"] < last["zeroed"]  # zeroed filters beyond the target stay
+    assert 0.8 < result.report["macs_ratio"] <= 0.9
+
+
+def test_a_killed_play_and_prune_resumes_to_the_same_result(data, trained, tmp_path):
+    options = dict(method="play_and_prune", val_loader=data[1], tolerance=0.03, rounds=2, seed=1, threshold=1.0,
+                   lam=1.0, progress=False)
+    uninterrupted = falf_fx.compress(_model(trained), data[2], **options)
+
+    class Killed(Exception):
+        pass
+
+    calls = []
+
+    def dies_in_round_two(out, batch):  # round one is 5 regularised + 5 fine-tuning batches
+        calls.append(1)
+        if len(calls) == 13:
+            raise Killed
+        return CE(out, batch)
+
+    with pytest.raises(Killed):
+        falf_fx.compress(_model(trained), data[2], loss_fn=dies_in_round_two, checkpoint_dir=tmp_path, **options)
+    assert (tmp_path / "compress.pt").exists()
+    resumed = falf_fx.compress(_model(trained), data[2], loss_fn=CE, checkpoint_dir=tmp_path, resume=True, **options)
+    assert resumed.history == uninterrupted.history
+    assert len(resumed.history) == 2 and resumed.history[1]["lam"] > resumed.history[0]["lam"]  # state restored
+    for a, b in zip(resumed.model.state_dict().values(), uninterrupted.model.state_dict().values()):
+        assert torch.equal(a, b)

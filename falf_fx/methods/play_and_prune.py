@@ -44,35 +44,35 @@ __all__ = ["PlayAndPrune", "Setting", "next_setting"]
 
 @dataclass(frozen=True)
 class Setting:
-    """The controller's state: the current W_t and lam_t, the last ones that stayed inside the tolerance."""
+    """The controller's state: the current W_t and lam_t and the factor that moves them."""
 
     threshold: float  # W_t, a fraction of each group's mean filter norm
     lam: float  # lam_t
-    safe_threshold: float = 0.0
-    safe_lam: float = 0.0
+    step: float  # raise factor; its square root after every round outside the tolerance
     idle: int = 0  # failures in a row (see next_setting)
 
 
-def next_setting(setting: Setting, kept: bool, removed: int, *, grow: float, max_threshold: float,
+def next_setting(setting: Setting, kept: bool, removed: int, *, max_threshold: float,
                  patience: int) -> tuple[Setting, bool]:
     """The Pruning Rate Controller's rule; returns the next setting and whether to go on.
 
-    Inside the tolerance the setting becomes the safe one and W_t, lam_t grow by
-    ``grow`` (W_t up to ``max_threshold``); a round that removed nothing also
-    raises them (the penalty was too weak to zero a filter).  Outside, back off
-    halfway to the safe setting: compress has already restored the last model
-    inside the tolerance, which is the paper's "lam = 0, fine-tune until back
-    inside" at no cost.  Stop after ``patience`` failures in a row: rounds outside
-    the tolerance, or rounds that removed nothing with W_t already at its maximum.
+    Inside the tolerance W_t and lam_t are multiplied by ``step`` (W_t up to
+    ``max_threshold``), also when nothing was removed (the penalty was too weak
+    to zero a filter).  Outside, they go back by ``step`` to the last setting that
+    stayed inside and the step becomes its square root, so the next raise lands
+    halfway (in log scale) between the setting that held and the one that broke.
+    compress has already restored the last model inside the tolerance: the
+    paper's "lam = 0, fine-tune until back inside" costs nothing here.  Stop after
+    ``patience`` failures in a row: rounds outside the tolerance, or rounds that
+    removed nothing with W_t already at its maximum.
     """
     failed = not kept or (removed == 0 and setting.threshold >= max_threshold)
     idle = setting.idle + 1 if failed else 0
     if kept:
-        new = Setting(min(setting.threshold * grow, max_threshold), setting.lam * grow,
-                      setting.threshold, setting.lam, idle)
+        new = Setting(min(setting.threshold * setting.step, max_threshold), setting.lam * setting.step,
+                      setting.step, idle)
     else:
-        new = Setting((setting.safe_threshold + setting.threshold) / 2, (setting.safe_lam + setting.lam) / 2,
-                      setting.safe_threshold, setting.safe_lam, idle)
+        new = Setting(setting.threshold / setting.step, setting.lam / setting.step, setting.step ** 0.5, idle)
     return new, idle < patience
 
 
@@ -110,7 +110,7 @@ class _FilterNorms:
 
 @dataclass
 class PlayAndPrune:
-    """Options: ``threshold`` and ``lam`` (W_0 and lam_0), ``grow`` (the controller's step), ``max_threshold``,
+    """Options: ``threshold`` and ``lam`` (W_0 and lam_0), ``grow`` (the controller's first step), ``max_threshold``,
     ``zero`` (a filter has reached zero below ``zero`` x its group's mean norm), ``reg_epochs`` and ``reg_lr``
     (the regularised phase), ``patience`` (rounds without progress before stopping), ``fold_batches``
     (batches that measure the constants folded into the next layers)."""
@@ -129,9 +129,9 @@ class PlayAndPrune:
     default_rounds: ClassVar[int] = 12
 
     def __post_init__(self) -> None:
-        if not (self.threshold > 0 and self.lam > 0 and self.grow >= 1 and 0 < self.zero < 1 and self.patience >= 1):
-            raise ValueError("play_and_prune needs threshold > 0, lam > 0, grow >= 1, 0 < zero < 1 and patience >= 1")
-        self.setting = Setting(self.threshold, self.lam)
+        if not (self.threshold > 0 and self.lam > 0 and self.grow > 1 and 0 < self.zero < 1 and self.patience >= 1):
+            raise ValueError("play_and_prune needs threshold > 0, lam > 0, grow > 1, 0 < zero < 1 and patience >= 1")
+        self.setting = Setting(self.threshold, self.lam, self.grow)
 
     def propose(self, round_: Round) -> Proposal:
         model = copy.deepcopy(round_.gm)  # a rejected round must leave the previous model as it was
@@ -181,7 +181,7 @@ class PlayAndPrune:
 
     def observe(self, record: dict[str, Any]) -> bool:
         self.setting, go_on = next_setting(self.setting, bool(record["kept"]), int(record["channels_removed"]),
-                                           grow=self.grow, max_threshold=self.max_threshold, patience=self.patience)
+                                           max_threshold=self.max_threshold, patience=self.patience)
         return go_on
 
     def state(self) -> dict[str, Any]:
