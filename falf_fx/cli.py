@@ -365,7 +365,8 @@ def _add_compress(sub: Any) -> None:
     p.add_argument("--method", choices=sorted(METHODS), default="falf", help="channel scoring (default falf)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, repeatable; FALF: target, score, lam, aux_epochs, aux_lr, points, "
-                        "taylor_batches (e.g. score=taylor)")
+                        "taylor_batches (e.g. score=taylor); play_and_prune: threshold, lam, grow, max_threshold, "
+                        "zero, reg_epochs, reg_lr, patience, fold_batches")
     p.add_argument("--target-macs", type=float, default=None, metavar="F",
                    help="fraction of the original MACs to keep, e.g. 0.25")
     p.add_argument("--tolerance", type=float, default=None, metavar="F",
