@@ -135,6 +135,7 @@ class PrunerNetwork:
     lam: float = 0.002
     epochs: int = 4
     lr: float = 0.01
+    pruner_lr: float = 1e-3
     max_batches: Optional[int] = None
     alpha_step: float = 4.0
     alpha_max: float = 32.0
@@ -253,8 +254,10 @@ class PrunerNetwork:
             pruner_only = epoch % 2 == 0
             for p in network.main.parameters():
                 p.requires_grad_(not pruner_only)
-            config = TrainConfig(epochs=1, lr=self.lr, schedule="constant", max_batches=self.max_batches,
-                                 seed=round_.seed * 10_007 + number * 101 + epoch)
+            seed = round_.seed * 10_007 + number * 101 + epoch
+            config = (TrainConfig(epochs=1, lr=self.pruner_lr, optimizer="adam", weight_decay=0.0, seed=seed,
+                                  schedule="constant", max_batches=self.max_batches) if pruner_only else
+                      TrainConfig(epochs=1, lr=self.lr, schedule="constant", max_batches=self.max_batches, seed=seed))
             train(network, train_loader, loss, config, phase=round_.phase(f"npn-trial{number}-epoch{epoch}"),
                   checkpoints=round_.checkpoints, resume=round_.resume, progress=round_.progress)
             mean_gates = self._mean_gates(network, heldout)
