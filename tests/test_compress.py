@@ -127,14 +127,17 @@ def test_a_killed_compress_resumes_to_the_same_result(data, trained, tmp_path):
 
 
 @pytest.mark.parametrize("probe", [False, True])
-def test_falf_probe_puts_the_pre_auxiliary_weights_back(probe, data, trained):
+def test_falf_trains_a_copy_and_probe_slims_the_untouched_weights(probe, data, trained):
     from falf_fx.methods import FALF, Round
     from passes.analysis import analyze_graph
 
     gm = falf_fx.trace(_model(trained), next(iter(data[0]))[0][:1])
     before = {k: v.clone() for k, v in gm.state_dict().items()}
-    round_ = Round(gm, analyze_graph(gm), data[0], CE, 10, 0, 0, progress=False)
-    scores = FALF(probe=probe, aux_lr=0.05, taylor_batches=2).scores(round_)
-    assert set(scores) == {g.id for g in round_.analysis.prunable_groups}
-    unchanged = all(torch.equal(before[k], v) for k, v in gm.state_dict().items())
-    assert unchanged == probe
+    round_ = Round(gm, analyze_graph(gm), data[0], CE, 10, 0, 0, macs_to_remove=1.0,
+                   costs={g.id: torch.ones(g.size).numpy() for g in analyze_graph(gm).prunable_groups},
+                   progress=False)
+    proposal = FALF(probe=probe, aux_lr=0.05, taylor_batches=2).propose(round_)
+    assert proposal.plan.num_removed >= 1
+    assert all(torch.equal(before[k], v) for k, v in gm.state_dict().items())  # a rejected round keeps gm
+    untouched = all(torch.equal(before[k], v) for k, v in proposal.model.state_dict().items())
+    assert untouched == probe

@@ -14,18 +14,20 @@ so it looks undevoted); the main-task factor sends those first.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from passes.instrument import AttachFatuousHeads
 
 from ..data import with_indices
 from ..training import TrainConfig, epoch_loader, train
-from .base import Round, ScoreMethod, shared_scores, weight_members
+from ..planning import plan_for_macs
+from .base import Proposal, Round, ScoreMethod, shared_scores, weight_members
 
 __all__ = ["FALF", "Stability", "FATUOUS_TARGETS", "FALF_SCORES"]
 
@@ -81,8 +83,11 @@ class FALF(ScoreMethod):
     """Options: ``target`` (fatuous task), ``score``, ``lam`` (weight of the fatuous loss),
     ``aux_epochs`` and ``aux_lr`` (the short, gentle auxiliary phase), ``points``
     (attachment nodes; default the last feature map), ``taylor_batches``, ``probe``
-    (True: the auxiliary phase only measures; the weights and statistics from before
-    it are put back before slimming, so the fatuous loss never harms the kept filters)."""
+    (True: the auxiliary phase only measures, and the weights from before it are the
+    ones slimmed, so the fatuous loss never harms the kept filters).
+
+    The auxiliary phase trains a copy: a round that breaks the tolerance leaves the
+    previous model as it was."""
 
     target: str = "random"
     score: str = "drift"
@@ -100,12 +105,18 @@ class FALF(ScoreMethod):
         if self.target not in FATUOUS_TARGETS:
             raise ValueError(f"fatuous target must be one of {FATUOUS_TARGETS}, not {self.target!r}")
 
-    def scores(self, round_: Round) -> dict[int, np.ndarray]:
+    def propose(self, round_: Round) -> Proposal:
+        trained = copy.deepcopy(round_.gm)
+        scores = self.scores(round_, trained)
+        model = round_.gm if self.probe else trained
+        return Proposal(plan_for_macs(round_.analysis, scores, round_.macs_to_remove, round_.costs), model)
+
+    def scores(self, round_: Round, trained: fx.GraphModule) -> dict[int, np.ndarray]:
+        """Train ``trained`` (a copy of ``round_.gm``) with the fatuous head and score its channels."""
         loader = with_indices(round_.train_loader)
         task = FatuousTask(self.target, round_.num_classes, len(loader.dataset), round_.seed)
-        instrumented = AttachFatuousHeads(round_.num_classes, self.points, seed=round_.seed)(round_.gm).graph_module
-        before = {name: p.detach().clone() for name, p in round_.gm.named_parameters()}
-        untouched = {name: t.clone() for name, t in round_.gm.state_dict().items()}
+        instrumented = AttachFatuousHeads(round_.num_classes, self.points, seed=round_.seed)(trained).graph_module
+        before = {name: p.detach().clone() for name, p in trained.named_parameters()}
 
         def combined(outputs, batch):
             main, heads = outputs
@@ -116,22 +127,20 @@ class FALF(ScoreMethod):
               TrainConfig(epochs=self.aux_epochs, lr=self.aux_lr, seed=round_.seed, schedule="constant"),
               phase=round_.phase("fatuous"), checkpoints=round_.checkpoints, resume=round_.resume,
               progress=round_.progress)
-        main, fatuous = self._saliency(round_, instrumented, loader, task)
+        main, fatuous = self._saliency(round_, trained, instrumented, loader, task)
         if self.score == "drift":
-            drift = {n: p.detach() - before[n] for n, p in round_.gm.named_parameters()}
+            drift = {n: p.detach() - before[n] for n, p in trained.named_parameters()}
             moved = _per_channel(round_, drift, reduce_sq=True)
             size = _per_channel(round_, before, reduce_sq=True)
             relative = {g: np.sqrt(moved[g]) / (np.sqrt(size[g]) + 1e-12) for g in moved}
             devotion = {g: r / (r + np.median(r) + 1e-12) for g, r in relative.items()}
         else:
             devotion = {g: fatuous[g] / (fatuous[g] + main[g] + 1e-12) for g in main}
-        if self.probe:
-            round_.gm.load_state_dict(untouched)
         return shared_scores({g: main[g] * (1.0 - devotion[g]) for g in main})
 
-    def _saliency(self, round_: Round, instrumented, loader, task) -> tuple[dict, dict]:
+    def _saliency(self, round_: Round, trained, instrumented, loader, task) -> tuple[dict, dict]:
         """Per channel, |w * dL/dw| summed over a few batches, for the main and the fatuous loss."""
-        params = dict(round_.gm.named_parameters())
+        params = dict(trained.named_parameters())
         saliency = {"fatuous": {n: torch.zeros_like(p) for n, p in params.items()},
                     "main": {n: torch.zeros_like(p) for n, p in params.items()}}
         was_training = instrumented.training
