@@ -43,27 +43,25 @@ def _build(model: str):
     return lenet5(**kwargs) if model == "lenet5" else resnet20(**kwargs)
 
 
-def _loaders(model: str, seed: int):
+def _loaders(model: str, seed: int, image_size: int | None = None):
     from falf_fx.data import digits_loaders
     _, size, channels, _, _ = MODELS[model]
-    return digits_loaders(image_size=size, channels=channels, batch_size=SETTINGS["batch_size"], seed=seed)
-
-
-def _loss(outputs, batch):
-    return torch.nn.functional.cross_entropy(outputs, batch[1])
+    return digits_loaders(image_size=image_size or size, channels=channels, batch_size=SETTINGS["batch_size"],
+                          seed=seed)
 
 
 def pretrain(task: tuple) -> dict:
     """Train (model, seed) once and save its state_dict; every method then starts from it."""
     from falf_fx.training import TrainConfig, evaluate, train
-    model_name, seed, cache, epochs_scale = task
+    model_name, seed, cache, epochs_scale, *rest = task  # rest: an image size other than the model's default
+    image_size = rest[0] if rest else None
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    train_loader, val_loader = _loaders(model_name, seed)
+    train_loader, val_loader = _loaders(model_name, seed, image_size)
     model = _build(model_name)
     _, _, _, epochs, lr = MODELS[model_name]
     epochs = max(1, int(epochs * epochs_scale))
-    path = Path(cache, f"{model_name}-{seed}-e{epochs}.pt")
+    path = Path(cache, f"{model_name}-{seed}-e{epochs}" + (f"-{image_size}px" if image_size else "") + ".pt")
     t0 = time.perf_counter()
     cached = path.exists()  # --cache: an earlier invocation trained these exact weights
     if cached:
@@ -73,6 +71,7 @@ def pretrain(task: tuple) -> dict:
               progress=False)
         torch.save(model.state_dict(), path)
     return {"model": model_name, "seed": seed, "epochs": epochs, "lr": lr, "path": str(path), "cached": cached,
+            "image_size": image_size or MODELS[model_name][1],
             "accuracy": evaluate(model, val_loader)["accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -1,8 +1,9 @@
 """Every pruning method side by side: accuracy at 4x and 8x MACs reduction, same epoch budget.
 
-LeNet-5 (28 px) and ResNet-20 (32 px) on the real digits, 3 seeds.  Every method
-of one (model, seed) starts from the same pretrained weights (shared with
-``ablation_falf.py`` through ``--cache``) and spends the same number of training
+LeNet-5 (28 px) and ResNet-20 (16 px: a quarter of the 32 px compute, so every
+method gets 3 seeds on this 2-core machine) on the real digits, 3 seeds.  Every
+method of one (model, seed) starts from the same pretrained weights and spends the
+same number of training
 epochs after pretraining (``BUDGET``): methods with a phase of their own (FALF's
 auxiliary phase, CFP's correlation-raising phase, Play-and-Prune's regularised
 phase, NPN's gate training) get that much less fine-tuning.
@@ -37,6 +38,7 @@ BUDGET = 8  # training epochs after pretraining, for every method
 ROUNDS = 4
 TARGETS = (0.25, 0.125)
 PP_TOLERANCES = (0.005, 0.01, 0.02, 0.04)
+IMAGE_SIZE = {"lenet5": 28, "resnet20": 16}  # the digits are 8x8 originally
 
 # method -> (compress options, epochs each round spends outside fine-tuning); fine-tuning fills the rest of BUDGET
 METHODS = {
@@ -73,7 +75,7 @@ def run(task: dict) -> dict:
     """One compress() run; a failure is a recorded result, not an aborted benchmark."""
     import falf_fx
     torch.set_num_threads(1)
-    train_loader, val_loader = _loaders(task["model"], task["seed"])
+    train_loader, val_loader = _loaders(task["model"], task["seed"], IMAGE_SIZE[task["model"]])
     model = _build(task["model"])
     model.load_state_dict(torch.load(task["weights"], weights_only=True))
     public = {k: v for k, v in task.items() if k != "weights"}
@@ -189,7 +191,8 @@ def main(argv=None) -> None:
                                            for m, (o, e) in ONE_SHOT.items()},
                                         "play_and_prune": {"options": PLAY_AND_PRUNE[0],
                                                            "epochs_per_round_outside_finetune": PLAY_AND_PRUNE[1]}},
-                            "models": {m: {"image_size": v[1], "pretrain_epochs": v[3]} for m, v in MODELS.items()},
+                            "models": {m: {"image_size": IMAGE_SIZE[m], "pretrain_epochs": v[3]}
+                                       for m, v in MODELS.items()},
                             "data": "falf_fx.data.digits_loaders, 80/20 split per seed"},
                "pretrained": earlier["pretrained"], "runs": earlier["runs"]}
     done = {(r["model"], r["seed"], r["method"], r["target_macs"], r["tolerance"]) for r in payload["runs"]
@@ -207,7 +210,7 @@ def main(argv=None) -> None:
     with (nullcontext(args.cache) if args.cache else tempfile.TemporaryDirectory()) as cache, \
             ctx.Pool(args.workers, maxtasksperchild=4) as pool:
         weights = {}
-        for info in pool.map(pretrain, [(m, s, cache, 1.0) for m in models for s in seeds]):
+        for info in pool.map(pretrain, [(m, s, cache, 1.0, IMAGE_SIZE[m]) for m in models for s in seeds]):
             weights[(info["model"], info["seed"])] = info.pop("path")
             if not any(p["model"] == info["model"] and p["seed"] == info["seed"] for p in payload["pretrained"]):
                 payload["pretrained"].append(info)
