@@ -8,14 +8,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import networkx as nx
 import numpy as np
 import torch
 from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from . import rules  # noqa: F401  (registers every rule)
-from .channel_space import ChannelSpace, ParamAxis
+from .channel_space import ChannelSpace, ParamAxis, components, first_seen_pairs
 from .rule_registry import RuleContext, node_where, rule_for
 from .rules.common import freeze_inputs, untracked_like
 from .size_flow import combine_counts, freeze_counts, read_count
@@ -49,7 +48,13 @@ class ChannelGroup:
     frozen: np.ndarray  # bool per channel
     reasons: tuple[str, ...]
     producers: tuple[str, ...]
-    members: tuple[GroupMember, ...]
+    param_members: tuple[GroupMember, ...]
+    tensor_members_of: "TensorMembers" = field(repr=False, compare=False)
+
+    @property
+    def members(self) -> tuple[GroupMember, ...]:
+        """Parameter axes first, then the axes of node outputs."""
+        return self.param_members + self.tensor_members_of(self.id)
 
     @property
     def size(self) -> int:
@@ -63,9 +68,25 @@ class ChannelGroup:
     def prunable(self) -> bool:
         return self.num_prunable > 0
 
-    @property
-    def param_members(self) -> tuple[GroupMember, ...]:
-        return tuple(m for m in self.members if m.kind == "param")
+
+class TensorMembers:
+    """The node-output members of every group, built together on first use.
+
+    Pruning only needs parameter members; a DenseNet's concatenations give
+    quadratically many tensor members, so nobody pays for them unasked.
+    """
+
+    def __init__(self, layouts: dict[fx.Node, Any], channel_of: np.ndarray, group_of: np.ndarray,
+                 index_in_group: np.ndarray) -> None:
+        self._args = (layouts, channel_of, group_of, index_in_group)
+        self._found: Optional[dict[int, tuple[GroupMember, ...]]] = None
+
+    def __call__(self, gid: int) -> tuple[GroupMember, ...]:
+        if self._found is None:
+            layouts, channel_of, group_of, index_in_group = self._args
+            found = _members(_tensor_axes(layouts), channel_of, group_of, index_in_group)
+            self._found = {g: tuple(m) for g, m in found.items()}
+        return self._found.get(gid, ())
 
 
 @dataclass
@@ -166,32 +187,79 @@ def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str
     return layouts
 
 
-def _groups_of_channels(space: ChannelSpace, channel_of: np.ndarray) -> list[list[int]]:
-    """Channels linked through the layer that produced them form a group."""
-    by_owner: dict[str, list[int]] = defaultdict(list)
-    for atom, owner in space.producer_owner.items():
-        by_owner[owner].append(atom)
-    graph = nx.Graph()
-    for atoms in by_owner.values():
-        channels = np.unique(channel_of[np.asarray(atoms)]).tolist()
-        graph.add_nodes_from(channels)
-        nx.add_path(graph, channels)
-    components = [sorted(c) for c in nx.connected_components(graph)]
-    return sorted(components, key=lambda c: c[0])
+def _groups_of_channels(n_channels: int, channels: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Channels linked through the layer that produced them form a group.
+
+    ``channels[i]`` was produced by owner ``owners[i]``.  Returns the group of
+    every channel (-1: produced by no layer) and its index in the group; groups
+    are numbered by their first channel, channels in a group keep their order.
+    """
+    group_of = np.full(n_channels, -1, dtype=np.int64)
+    index_in_group = np.full(n_channels, -1, dtype=np.int64)
+    if channels.size == 0:
+        return group_of, index_in_group
+    labels = components(n_channels + int(owners.max()) + 1, channels, owners + n_channels)[:n_channels]
+    produced = np.zeros(n_channels, dtype=bool)
+    produced[channels] = True
+    members = np.flatnonzero(produced)  # ascending channel ids
+    _, first, gids = np.unique(labels[members], return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # number groups by their first channel
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    gids = rank[gids]
+    group_of[members] = gids
+    by_group = np.argsort(gids, kind="stable")
+    starts = np.searchsorted(gids[by_group], gids[by_group], side="left")
+    index_in_group[members[by_group]] = np.arange(members.size) - starts
+    return group_of, index_in_group
+
+
+def _frozen(space: ChannelSpace, channel_of: np.ndarray, group_of: np.ndarray,
+            n_channels: int) -> tuple[np.ndarray, dict[int, list[str]]]:
+    """Which channels are frozen, and each group's reasons (by channel, then in the order they were given)."""
+    atoms, reason_ids, entries, texts = space.frozen_entries()
+    frozen = np.zeros(n_channels, dtype=bool)
+    channels = channel_of[atoms]
+    frozen[channels] = True
+    order = np.lexsort((entries, channels))
+    reasons_of: dict[int, list[str]] = defaultdict(list)
+    for gid, reason in first_seen_pairs(group_of[channels[order]], reason_ids[order]):
+        if gid >= 0:
+            reasons_of[gid].append(texts[reason])
+    return frozen, reasons_of
 
 
 def _members(axes: list[tuple[str, str, int, np.ndarray]], channel_of: np.ndarray, group_of: np.ndarray,
              index_in_group: np.ndarray) -> dict[int, list[GroupMember]]:
+    """Split every axis by group, all axes at once; a group's members keep the order of ``axes``.
+
+    Each member's arrays are read-only views into two shared arrays.
+    """
     found: dict[int, list[GroupMember]] = defaultdict(list)
-    for kind, name, dim, atoms in axes:
-        channels = channel_of[atoms]
-        gids = group_of[channels]
-        for gid in np.unique(gids).tolist():
-            if gid < 0:
-                continue
-            positions = np.flatnonzero(gids == gid)
-            found[gid].append(GroupMember(kind, name, dim, positions, index_in_group[channels[positions]]))
+    if not axes:
+        return found
+    lengths = np.array([atoms.size for *_, atoms in axes], dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    axis_of = np.repeat(np.arange(len(axes)), lengths)
+    position = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
+    channels = channel_of[np.concatenate([atoms.ravel() for *_, atoms in axes])]
+    gids = group_of[channels]
+    order = np.lexsort((gids, axis_of))  # by axis, then group; positions stay ascending (stable)
+    axis_of, gids, position = axis_of[order], gids[order], _readonly(position[order])
+    in_group = _readonly(index_in_group[channels[order]])
+    cuts = np.flatnonzero((axis_of[1:] != axis_of[:-1]) | (gids[1:] != gids[:-1])) + 1
+    begins = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [order.size]])
+    for begin, end, gid, axis in zip(begins.tolist(), ends.tolist(), gids[begins].tolist(), axis_of[begins].tolist()):
+        if gid >= 0:
+            kind, name, dim, _ = axes[axis]
+            found[gid].append(GroupMember(kind, name, dim, position[begin:end], in_group[begin:end]))
     return found
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def _tensor_axes(layouts: dict[fx.Node, Any]) -> list[tuple[str, str, int, np.ndarray]]:
@@ -213,33 +281,24 @@ def analyze_graph(gm: fx.GraphModule) -> Analysis:
 
     channel_of = space.channel_of_atoms()
     n_channels = int(channel_of.max()) + 1 if channel_of.size else 0
-    components = _groups_of_channels(space, channel_of)
-    group_of = np.full(n_channels, -1, dtype=np.int64)
-    index_in_group = np.full(n_channels, -1, dtype=np.int64)
-    for gid, channels in enumerate(components):
-        group_of[channels] = gid
-        index_in_group[channels] = np.arange(len(channels))
+    producer_atoms, owner_ids, owner_names = space.producer_atoms()
+    group_of, index_in_group = _groups_of_channels(n_channels, channel_of[producer_atoms], owner_ids)
+    n_groups = int(group_of.max()) + 1 if group_of.size else 0
 
-    reasons_of: dict[int, list[str]] = defaultdict(list)
-    for atom, reasons in space.frozen.items():
-        bucket = reasons_of[int(channel_of[atom])]
-        bucket.extend(r for r in reasons if r not in bucket)
     owners_of: dict[int, list[str]] = defaultdict(list)
-    for atom, owner in space.producer_owner.items():
-        gid = int(group_of[channel_of[atom]])
-        if owner not in owners_of[gid]:
-            owners_of[gid].append(owner)
+    for gid, owner in first_seen_pairs(group_of[channel_of[producer_atoms]], owner_ids):
+        owners_of[gid].append(owner_names[owner])
+    frozen_channel, reasons_of = _frozen(space, channel_of, group_of, n_channels)
 
     param_axes = [("param", axis.name, axis.dim, atoms) for axis, atoms in space.param_axes.items()]
-    members = _members(param_axes + _tensor_axes(layouts), channel_of, group_of, index_in_group)
+    members = _members(param_axes, channel_of, group_of, index_in_group)
+    tensor_members = TensorMembers(layouts, channel_of, group_of, index_in_group)
 
-    groups = []
-    for gid, channels in enumerate(components):
-        frozen = np.array([c in reasons_of for c in channels], dtype=bool)
-        reasons: list[str] = []
-        for c in channels:
-            reasons.extend(r for r in reasons_of.get(c, ()) if r not in reasons)
-        groups.append(ChannelGroup(gid, np.asarray(channels, dtype=np.int64), frozen, tuple(reasons),
-                                   tuple(owners_of[gid]), tuple(members[gid])))
+    grouped = np.argsort(group_of, kind="stable")[int((group_of < 0).sum()):]  # by group, channels ascending
+    channels_of = np.split(grouped, np.cumsum(np.bincount(group_of[grouped], minlength=n_groups))[:-1]) \
+        if n_groups else []
+    groups = [ChannelGroup(gid, channels, frozen_channel[channels], tuple(reasons_of[gid]), tuple(owners_of[gid]),
+                           tuple(members[gid]), tensor_members)
+              for gid, channels in enumerate(channels_of)]
     return Analysis(gm, tuple(groups), {n.name: layouts.get(n) for n in gm.graph.nodes}, dict(space.param_axes),
                     aliases, channel_of, group_of, index_in_group, auto_leaves)

@@ -64,48 +64,41 @@ def _slim_view(analysis: Analysis, removed: np.ndarray) -> SlimView:
     return SlimView(kept, slim_value)
 
 
-def _set_tensor(root: nn.Module, qualified: str, value: torch.Tensor) -> None:
-    owner_name, _, attr = qualified.rpartition(".")
-    owner = root.get_submodule(owner_name)
-    old = getattr(owner, attr)
-    if isinstance(old, nn.Parameter):
-        setattr(owner, attr, nn.Parameter(value, requires_grad=old.requires_grad))
-    elif attr in owner._buffers:
-        owner._buffers[attr] = value
-    else:
-        setattr(owner, attr, value)
+def _sliced_tensors(gm: fx.GraphModule, analysis: Analysis, removed: np.ndarray) -> tuple[dict[int, Any], dict]:
+    """The slim version of every tensor the plan cuts, keyed by the id of the full-size tensor.
 
-
-def _slice_parameters(root: fx.GraphModule, analysis: Analysis, removed: np.ndarray) -> dict[str, list]:
+    Handed to ``deepcopy`` as its memo, so the copy starts with the slim tensors
+    and never holds a full-size copy of the ones it cuts (peak memory ~ the slim model).
+    """
     by_name: dict[str, dict[int, np.ndarray]] = {}
     for axis, atoms in analysis.param_axes.items():
         kept = ~removed[analysis.channel_of_atom[atoms]]
         if not kept.all():
             by_name.setdefault(axis.name, {})[axis.dim] = np.flatnonzero(kept)
+    replacements: dict[int, Any] = {}
     record = {}
     for name, dims in by_name.items():
-        tensor = root.get_parameter(name) if _is_param(root, name) else _get_tensor(root, name)
+        owner_name, _, attr = name.rpartition(".")
+        tensor = getattr(gm.get_submodule(owner_name), attr)
         sliced = tensor.detach()
         for dim, keep in dims.items():
             sliced = sliced.index_select(dim, torch.as_tensor(keep, device=sliced.device))
         sliced = sliced.contiguous()
-        for alias in analysis.param_aliases.get(name, (name,)):
-            _set_tensor(root, alias, sliced)
+        if isinstance(tensor, nn.Parameter):
+            sliced = nn.Parameter(sliced, requires_grad=tensor.requires_grad)
+        replacements[id(tensor)] = sliced  # every alias of a tied tensor is this one object
         record[name] = {dim: keep.tolist() for dim, keep in dims.items()}
-    return record
+    return replacements, record
 
 
-def _is_param(root: nn.Module, name: str) -> bool:
-    try:
-        root.get_parameter(name)
-        return True
-    except AttributeError:
-        return False
-
-
-def _get_tensor(root: nn.Module, name: str) -> torch.Tensor:
-    owner_name, _, attr = name.rpartition(".")
-    return getattr(root.get_submodule(owner_name), attr)
+def _copy_with(gm: fx.GraphModule, replacements: dict[int, Any]) -> fx.GraphModule:
+    """A deep copy of ``gm`` in which the tensors named in ``replacements`` are already slim."""
+    memo = dict(replacements)
+    memo[id(memo)] = [gm]  # deepcopy's keep-alive list: the full-size tensors outlive the copy
+    analysis = gm.meta.get("falf_fx.analysis")
+    if analysis is not None:
+        memo[id(analysis)] = None  # a stored Analysis describes the full-size module: dropped below
+    return copy.deepcopy(gm, memo)
 
 
 def _first_tensor_arg(node: fx.Node) -> Optional[fx.Node]:
@@ -134,8 +127,9 @@ def slim_graph_module(gm: fx.GraphModule, plan: PruningPlan, verify: bool = True
     plan.validate()
     removed = plan.removed_channels()
     view = _slim_view(analysis, removed)
-    slim = copy.deepcopy(gm)
-    record = _slice_parameters(slim, analysis, removed)
+    replacements, record = _sliced_tensors(gm, analysis, removed)
+    slim = _copy_with(gm, replacements)
+    del replacements
     for node in slim.graph.nodes:
         rule = rule_for(node, slim)
         if rule is None:
