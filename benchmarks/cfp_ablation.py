@@ -9,7 +9,7 @@ and one-run pieces come from benchmarks/ablation_falf.py; the JSON is rewritten 
 every run, so a run cut short by --deadline keeps honest partial results.
 
     python benchmarks/cfp_ablation.py [--models lenet5,resnet20] [--seeds 0,1,2] [--arms raise,no-raise,drop-only]
-                                      [--workers 2] [--minutes 25]
+                                      [--workers 2] [--minutes 25] [--append]
 """
 from __future__ import annotations
 
@@ -49,8 +49,9 @@ def markdown(payload: dict) -> str:
     models = [m for m in MODELS if m in payload["summary"]]
     lines = ["| arm | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     unpruned = []
+    pretrained = {(p["model"], p["seed"]): p["accuracy"] for p in payload["pretrained"]}  # once per seed
     for model in models:
-        accs = [p["accuracy"] for p in payload["pretrained"] if p["model"] == model]
+        accs = [acc for (m, _), acc in pretrained.items() if m == model]
         sd = f" ± {100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
         unpruned.append(f"{100 * statistics.mean(accs):.2f}{sd} (n={len(accs)}, MACs 1)")
     lines.append("| unpruned | " + " | ".join(unpruned) + " |")
@@ -76,6 +77,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--minutes", type=float, default=25.0, help="no run starts after this many minutes")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--append", action="store_true", help="add this invocation's runs to the existing --out")
     parser.add_argument("--table", action="store_true", help="print the README table of --out and exit")
     args = parser.parse_args(argv)
     if args.table:
@@ -97,6 +99,12 @@ def main(argv=None) -> None:
                             "epoch_accounting": "train_epochs = rounds_run * (finetune_epochs + raise_epochs)"},
                "pretrained": [], "runs": [], "skipped": []}
     out = Path(args.out)
+    if args.append:  # a later invocation (more seeds or models) adds to the same table
+        earlier = json.loads(out.read_text())
+        for key in ("pretrained", "runs", "skipped"):
+            payload[key] = earlier[key] + payload[key]
+        payload["earlier_invocations"] = earlier.get("earlier_invocations", []) + [
+            {k: earlier[k] for k in ("machine", "settings", "wall_seconds")}]
 
     def save() -> None:
         payload["summary"] = summarize(payload["runs"])
