@@ -233,8 +233,8 @@ def test_cli_compress_takes_the_method_and_its_options(tmp_path):
     report = tmp_path / "report.json"
     with contextlib.redirect_stdout(io.StringIO()):
         status = main(["compress", "tests.test_correlation:tiny_net", "--data",
-                       "tests.test_correlation:small_digits", "--pretrain-epochs", "4", "--method", "correlation", "--method-option", "mu=0.5",
-                       "--method-option", "penalty=linear", "--target-macs", "0.6", "--rounds", "1",
+                       "tests.test_correlation:small_digits", "--pretrain-epochs", "4", "--method", "correlation",
+                       "--method-option", "mu=0.5", "--method-option", "penalty=linear", "--target-macs", "0.6", "--rounds", "1",
                        "--out", str(tmp_path / "slim.pt"), "--report", str(report)])
     assert status == 0
     saved = json.loads(report.read_text())

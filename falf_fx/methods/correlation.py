@@ -83,7 +83,8 @@ def producer_filters(module: nn.Module, group: ChannelGroup) -> torch.Tensor:
     blocks = []
     for member in _producer_members(module, group):
         weight = _tensor(module, member.name)
-        rows = weight.movedim(member.dim, 0).reshape(weight.shape[member.dim], -1)[member.positions]
+        flat = weight.movedim(member.dim, 0).reshape(weight.shape[member.dim], -1)
+        rows = flat[torch.tensor(member.positions)]
         order = np.lexsort((member.positions, member.channels))
         channels = member.channels[order]
         starts = np.searchsorted(channels, channels)  # the k-th position of a channel goes to block k
