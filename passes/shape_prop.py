@@ -8,12 +8,16 @@ see one kind of value whichever tier ran.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import operator
 import warnings
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
@@ -32,10 +36,15 @@ def fake_inputs_like(gm: fx.GraphModule) -> list[torch.Tensor]:
             for n in gm.graph.nodes if n.op == "placeholder"]
 
 
+def _empty_meta(value: torch.Tensor) -> torch.Tensor:
+    """A new meta tensor like ``value`` (``empty_like`` on meta runs a Python reference, ~40x slower)."""
+    return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+
+
 def _meta_like(value: torch.Tensor) -> torch.Tensor:
     if value.is_meta and type(value) is torch.Tensor:
         return value
-    return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+    return _empty_meta(value)
 
 
 def _to_meta(value):
@@ -52,22 +61,115 @@ class _RecordingInterpreter(fx.Interpreter):
         return result
 
 
+def _batch_norm_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode batch norm keeps its input's shape; the checks are the ones the real kernel makes.
+
+    On the meta device batch norm runs a Python decomposition that costs more than
+    every other op of a ResNet together.
+    """
+    module._check_input_dim(x)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        tensor = getattr(module, name)
+        if tensor is not None and tuple(tensor.shape) != (x.shape[1],):
+            raise RuntimeError(f"{name} of shape {tuple(tensor.shape)} on an input with {x.shape[1]} channels")
+    return _empty_meta(x)
+
+
+def _layer_norm_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    shape = tuple(module.normalized_shape)
+    if tuple(x.shape[x.dim() - len(shape):]) != shape:
+        raise RuntimeError(f"LayerNorm over {shape} on an input of shape {tuple(x.shape)}")
+    for name in ("weight", "bias"):
+        tensor = getattr(module, name)
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise RuntimeError(f"LayerNorm {name} of shape {tuple(tensor.shape)}, normalized_shape {shape}")
+    return _empty_meta(x)
+
+
+def _same_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if not x.is_floating_point():
+        raise RuntimeError(f"{type(module).__name__} on a {x.dtype} tensor")
+    return _empty_meta(x)
+
+
+# Exact module types whose output has the input's shape and dtype.  Their meta
+# kernels are Python decompositions (prims), slower than the rest of the graph.
+_SHAPE_ONLY = {
+    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _batch_norm_shape),
+    nn.LayerNorm: _layer_norm_shape,
+    **dict.fromkeys((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid,
+                     nn.Tanh, nn.ELU, nn.Mish, nn.Hardtanh, nn.Dropout, nn.Identity), _same_shape),
+}
+
+# Elementwise functions and methods: when every tensor operand has one shape, dtype
+# and layout (and the rest are plain numbers or flags) the result is shaped like
+# them.  Their meta kernels are Python references costing ~1 ms a call, more than
+# a convolution; other operand mixes (broadcasting, promotion) run the kernel.
+_ELEMENTWISE = frozenset((
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
+    operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+    torch.relu, torch.sigmoid, torch.tanh, F.relu, F.relu6, F.leaky_relu, F.hardswish, F.hardsigmoid, F.silu,
+    F.gelu, F.hardtanh, F.dropout,
+    "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "relu", "relu_", "sigmoid", "sigmoid_", "tanh"))
+
+
+def _alike_operands(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    """The first tensor operand if all tensor operands match it and nothing else is a tensor-like value."""
+    first = None
+    for value in itertools.chain(args, kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            if first is None:
+                if not value.is_floating_point():
+                    return None
+                first = value
+            elif (value.shape != first.shape or value.dtype != first.dtype or value.stride() != first.stride()
+                  or value.device != first.device):
+                return None
+        elif not isinstance(value, (int, float, bool, str, type(None))):
+            return None
+    return first
+
+
 class _MetaInterpreter(_RecordingInterpreter):
-    """Attributes that are plain tensors (not parameters or buffers) go to meta too."""
+    """Plain tensor attributes go to meta too; some modules get a shape function instead of a forward."""
 
     def fetch_attr(self, target: str):
         return _to_meta(super().fetch_attr(target))
 
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        shape_only = _SHAPE_ONLY.get(type(module))
+        if shape_only is not None and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+            return shape_only(module, args[0])
+        return super().call_module(target, args, kwargs)
 
-class _MetaRunner(nn.Module):
-    """Lets ``functional_call`` swap the graph module's tensors for meta copies while it runs."""
+    def call_function(self, target, args, kwargs):
+        if target in _ELEMENTWISE and (first := _alike_operands(args, kwargs)) is not None:
+            return _empty_meta(first)
+        return super().call_function(target, args, kwargs)
 
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__()
-        self.gm = gm
+    def call_method(self, target, args, kwargs):
+        if target in _ELEMENTWISE and (first := _alike_operands(args, kwargs)) is not None:
+            return _empty_meta(first)
+        return super().call_method(target, args, kwargs)
 
-    def forward(self, *args):
-        return _MetaInterpreter(self.gm).run(*args)
+
+@contextlib.contextmanager
+def _meta_tensors(gm: fx.GraphModule):
+    """Swap every parameter and buffer for a meta copy while the block runs (tied tensors stay tied)."""
+    saved = [(store, name, tensor) for module in gm.modules() for store in (module._parameters, module._buffers)
+             for name, tensor in store.items() if tensor is not None]
+    copies: dict[int, torch.Tensor] = {}
+    try:
+        for store, name, tensor in saved:
+            if id(tensor) not in copies:
+                meta = _empty_meta(tensor)
+                copies[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+            store[name] = copies[id(tensor)]
+        yield
+    finally:
+        for store, name, tensor in saved:
+            store[name] = tensor
 
 
 def _failing_node(gm: fx.GraphModule, exc: BaseException) -> str:
@@ -111,11 +213,9 @@ def _clear(gm: fx.GraphModule) -> None:
 def _propagate_meta(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> bool:
     """True when the whole graph ran on meta tensors (nothing of the module's own is touched)."""
     _clear(gm)
-    tensors = itertools.chain(gm.named_parameters(), gm.named_buffers())
-    swapped = {f"gm.{name}": torch.empty_like(t, device="meta") for name, t in tensors}
     try:
-        with torch.no_grad(), torch.device("meta"):
-            torch.func.functional_call(_MetaRunner(gm), swapped, tuple(_to_meta(list(example_inputs))))
+        with torch.no_grad(), torch.device("meta"), _meta_tensors(gm):
+            _MetaInterpreter(gm).run(*_to_meta(list(example_inputs)))
         return True
     except Exception:  # noqa: BLE001 - an op without a meta kernel, or a leaf reading values: the fallbacks decide
         return False
