@@ -21,15 +21,15 @@ MODELS = ("resnet50", "densenet121", "mobilenet_v3_large", "shufflenet_v2_x1_0",
 WATCHED = {
     ("falf_fx/capture.py", "trace"): "trace (total)",
     ("torch/fx/_symbolic_trace.py", "trace"): "  fx symbolic trace",
-    ("passes/shape_prop.py", "propagate_shapes"): "fake-tensor shape propagation (trace + slim re-check)",
+    ("passes/shape_prop.py", "propagate_shapes"): "shape propagation (trace + slim re-check)",
     ("passes/analysis.py", "analyze_graph"): "analyze",
     ("falf_fx/importance.py", "group_importance"): "L1 importance",
     ("falf_fx/planning.py", "plan_by_ratio"): "plan_by_ratio (total)",
     ("falf_fx/planning.py", "_repair_emptied_axes"): "  emptied-axis repair",
     ("passes/plan.py", "build"): "  PruningPlan.build",
     ("passes/rewrite.py", "slim_graph_module"): "slim (total)",
-    ("torch/fx/graph_module.py", "__deepcopy__"): "  deepcopy of the GraphModule",
-    ("passes/rewrite.py", "_slice_parameters"): "  parameter slicing",
+    ("torch/fx/graph_module.py", "__deepcopy__"): "  copy of the GraphModule (cut tensors pre-sliced)",
+    ("passes/rewrite.py", "_sliced_tensors"): "  parameter slicing",
 }
 
 

@@ -3,7 +3,7 @@
 CIFAR ResNets (falf_fx.models.resnet_cifar, depth 6n+2, 20 ... 1202 layers and
 one past 10,000 graph nodes) and DenseNet-BC style nets (torchvision's DenseNet,
 growth 12, three blocks of L layers, up to about 10,000 nodes), 32 px inputs.
-Each net runs in its own child: trace (fx + fake-tensor shapes) and analyze,
+Each net runs in its own child: trace (fx + meta-tensor shapes) and analyze,
 best of a few repeats.  The fit is log(time) = slope * log(size) + c, size being
 the node count or the number of channel positions over all nodes (a DenseNet's
 concatenations make those grow quadratically with depth); a slope near 1 means
@@ -53,7 +53,7 @@ def measure(family: str, size: int, repeats: int) -> None:
     import torch
 
     import falf_fx
-    torch.set_num_threads(1)  # the analysis is single-threaded Python; fake tensors run no kernels
+    torch.set_num_threads(1)  # the analysis is single-threaded Python; meta tensors run no kernels
     model = build(family, size).eval()
     x = torch.randn(1, 3, 32, 32)
     falf_fx.analyze(falf_fx.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), x))  # one-off imports
@@ -128,7 +128,7 @@ def main() -> None:
     summary = summarise(records)
     console.print_json(data=summary)
     settings = {"input": [1, 3, 32, 32], "torch_threads": 1, "timing": "best of `repeats` runs in one process "
-                "after a one-off warm-up; trace_s = fx trace + fake-tensor shapes, analyze_s = falf_fx.analyze"}
+                "after a one-off warm-up; trace_s = fx trace + meta-tensor shapes, analyze_s = falf_fx.analyze"}
     write_json("scaling.json", {"machine": facts, "settings": settings,
                                 "summary": summary, "records": records})
 

@@ -1,4 +1,4 @@
-"""Capture: torch.fx tracing with automatic leaves, then fake-tensor shapes."""
+"""Capture: torch.fx tracing with automatic leaves, then shapes on meta tensors."""
 from __future__ import annotations
 
 import traceback
@@ -108,7 +108,7 @@ def _symbolic_trace(model: nn.Module, leaf_modules: Iterable[LeafSpec],
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafSpec] = (),
           concrete_args: Optional[dict[str, Any]] = None) -> fx.GraphModule:
-    """Trace ``model`` with torch.fx and annotate every node with fake-tensor shapes.
+    """Trace ``model`` with torch.fx; each node's ``meta["val"]`` is a meta tensor shaped like its output.
 
     A submodule fx cannot trace becomes a leaf (with a warning) and its channels
     are frozen; if the top level itself cannot be traced, TraceError says where

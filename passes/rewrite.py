@@ -128,20 +128,21 @@ def slim_graph_module(gm: fx.GraphModule, plan: PruningPlan, verify: bool = True
     removed = plan.removed_channels()
     view = _slim_view(analysis, removed)
     replacements, record = _sliced_tensors(gm, analysis, removed)
+    graph = copy.deepcopy(gm.graph)  # nodes' meta dicts are copied shallowly
+    for node in graph.nodes:
+        rule = rule_for(node, gm)
+        if rule is not None and rule.rewrite_args is not None:
+            rule.rewrite_args(node, view)
+    replacements[id(gm.graph)] = graph  # the copy compiles the rewritten graph once, no second recompile
     slim = _copy_with(gm, replacements)
     del replacements
     for node in slim.graph.nodes:
         rule = rule_for(node, slim)
-        if rule is None:
-            continue
-        if rule.rewrite_args is not None:
-            rule.rewrite_args(node, view)
-        if rule.refresh_module is not None and node.op == "call_module":
+        if rule is not None and rule.refresh_module is not None and node.op == "call_module":
             source = _first_tensor_arg(node)
             rule.refresh_module(slim.get_submodule(node.target), view.slim_value(source.name),
                                 view.slim_value(node.name))
     slim.graph.lint()
-    slim.recompile()
     slim.meta[REMOVED_KEY] = record
     slim.meta.pop("falf_fx.analysis", None)
     if verify:
