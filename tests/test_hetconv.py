@@ -135,7 +135,8 @@ def test_default_selection_converts_3x3_convs_and_says_why_others_stay():
     assert "first conv" in record["skipped"]["stem"]
     assert "divisible by P=4" in record["skipped"]["odd"]
     assert "stride (3, 3)" in record["skipped"]["down"]
-    assert isinstance(het.get_submodule("body.0.spatial"), nn.Conv2d) and het.get_submodule("body.0.spatial").groups == 4
+    spatial = het.get_submodule("body.0.spatial")
+    assert isinstance(spatial, nn.Conv2d) and spatial.groups == 4
     assert sum(n.target == "shared.spatial" for n in het.graph.nodes) == 2  # both calls of the shared conv
     assert torch.equal(model(x), before)  # the original is untouched
     assert het(x).shape == before.shape
