@@ -43,12 +43,13 @@ IMAGE_SIZE = {"lenet5": 28, "resnet20": 16}  # the digits are 8x8 originally
 # method -> (compress options, epochs each round spends outside fine-tuning); fine-tuning fills the rest of BUDGET
 METHODS = {
     "magnitude": ({}, 0),
-    "falf": ({"aux_epochs": 1}, 1),
+    "falf": ({"target": "random", "score": "taylor", "aux_epochs": 1}, 1),
     "stability": ({"aux_epochs": 1}, 1),
     "correlation": ({"raise_epochs": 1}, 1),
 }
-ONE_SHOT = {"pruner_network": ({}, 4)}  # one round: gate-training epochs, then BUDGET - 4 fine-tune epochs
-PLAY_AND_PRUNE = ({}, 1)
+# one round: a lambda search of 2 trials x 2 gate-training epochs, then BUDGET - 4 fine-tune epochs
+ONE_SHOT = {"pruner_network": ({"epochs": 2, "search_trials": 2}, 4)}
+PLAY_AND_PRUNE = ({"reg_epochs": 1}, 1)  # at most ROUNDS rounds of 1 regularised + 1 fine-tune epoch
 
 
 def _tasks(models, seeds, weights) -> list[dict]:
