@@ -175,8 +175,7 @@ def test_analysis_prunes_hetconv_channels_a_block_position_at_a_time():
     by_producer = {g.producers[0]: g for g in analysis.groups}
     assert by_producer["layer2.0.conv1.spatial"].size == 32 // 4  # one channel = one position in each of 4 blocks
     assert all(g.prunable for g in analysis.groups if "spatial" in g.producers[0])
-    for seed in range(2):
-        check_equivalence(het, x, seed=seed, analysis=analysis)
+    check_equivalence(het, x, seed=0, analysis=analysis)
 
 
 def test_hetconv_then_prune_and_prune_then_hetconv():
