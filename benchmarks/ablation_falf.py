@@ -50,6 +50,10 @@ def _loaders(model: str, seed: int, image_size: int | None = None):
                           seed=seed)
 
 
+def _loss(outputs, batch):
+    return torch.nn.functional.cross_entropy(outputs, batch[1])
+
+
 def pretrain(task: tuple) -> dict:
     """Train (model, seed) once and save its state_dict; every method then starts from it."""
     from falf_fx.training import TrainConfig, evaluate, train
