@@ -217,7 +217,7 @@ def test_npn_reaches_a_macs_target_in_one_round(data, uninterrupted):
 
 def test_npn_without_a_target_prunes_by_its_gates_inside_the_tolerance(data, trained):
     result = falf_fx.compress(_model(trained), data[0], val_loader=data[1], tolerance=0.05, lam=0.05,
-                              **{**FAST, "epochs": 4, "max_batches": 8})
+                              **{**FAST, "max_batches": 8})
     record = result.history[0]
     assert "lambda_search" not in record and record["channels_removed"] == record["threshold_removed"] > 0
     if record["kept"]:
