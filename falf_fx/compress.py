@@ -113,13 +113,16 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
              target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: Optional[int] = None,
              step: float = 0.3,
              finetune_epochs: int = 1, finetune_lr: float = 0.01, checkpoint_dir: Optional[str] = None,
-             resume: bool = False, seed: int = 0, progress: bool = True, **method_options) -> CompressResult:
+             resume: bool = False, seed: int = 0, progress: bool = True, measure_latency: bool = True,
+             **method_options) -> CompressResult:
     """Compress a trained classifier: rounds of score -> slim -> fine-tune.
 
     Stops at ``target_macs`` (fraction of the original MACs) or before the accuracy
     on ``val_loader`` drops by more than ``tolerance`` (e.g. 0.01 = one point).
     ``rounds`` is the most rounds to run (default: the method's own, e.g. 4 for
     score methods, 1 for one-shot ones); a method may stop earlier.
+    ``measure_latency=False`` leaves the CPU latency out of the report (it costs
+    seconds; tests and sweeps do not need it).
     """
     if target_macs is None and tolerance is None:
         raise ValueError("give target_macs (e.g. 0.25 of the original MACs), tolerance (e.g. 0.01), or both")
@@ -142,7 +145,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
     before = count_cost(gm, example)
     base_acc = evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None
     report_before = {"macs": before.macs, "flops": before.flops, "params": before.params, "accuracy": base_acc,
-                     "latency_ms": _latency_ms(gm, example), "widths": _widths(gm)}
+                     "latency_ms": _latency_ms(gm, example) if measure_latency else None, "widths": _widths(gm)}
     history: list[dict[str, Any]] = []
     start_round = 0
     if resume and store.path(_STATE).exists():
@@ -165,7 +168,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
         analysis = analyze_graph(gm)
         costs = channel_mac_costs(analysis, macs_by_module(gm, example))
         round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, macs_to_remove=current - goal_macs,
-                       costs=costs, total_macs=current,
+                       costs=costs, total_macs=current, count_macs=lambda m: count_cost(m, example).macs,
                        target_macs=None if target_macs is None else target_macs * before.macs,
                        val_loader=val_loader, checkpoints=store, resume=resume, progress=progress)
         proposal = pruner.propose(round_)
@@ -193,7 +196,8 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
     report = {"before": report_before,
               "after": {"macs": after.macs, "flops": after.flops, "params": after.params,
                         "accuracy": evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None,
-                        "latency_ms": _latency_ms(gm, example), "widths": _widths(gm)},
+                        "latency_ms": _latency_ms(gm, example) if measure_latency else None,
+                        "widths": _widths(gm)},
               "method": pruner.name, "macs_ratio": after.macs / before.macs}
     if store is not None:
         Path(store.directory, "report.json").write_text(json.dumps({**report, "history": history}, indent=1) + os.linesep)

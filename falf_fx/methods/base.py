@@ -8,6 +8,7 @@ fine-tune, measure, checkpoint, stop.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -18,12 +19,13 @@ from torch.utils.data import DataLoader
 
 from passes.analysis import Analysis
 from passes.plan import PruningPlan
+from passes.rewrite import slim_graph_module
 
 from ..checkpoint import CheckpointStore
 from ..planning import plan_for_macs
 from ..training import LossFn, all_reduce_mean
 
-__all__ = ["Round", "Proposal", "PruningMethod", "ScoreMethod", "shared_scores", "weight_members"]
+__all__ = ["Round", "Proposal", "PruningMethod", "ScoreMethod", "plan_to_goal", "shared_scores", "weight_members"]
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Round:
     costs: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> MACs saved per channel removed
     total_macs: float = 0.0  # MACs of ``gm``
     target_macs: Optional[float] = None  # absolute MACs to end at (None: tolerance only)
+    count_macs: Optional[Callable[[fx.GraphModule], float]] = None  # fvcore MACs of a model on the example input
     val_loader: Optional[DataLoader] = None
     checkpoints: Optional[CheckpointStore] = None
     resume: bool = False
@@ -88,7 +91,7 @@ class ScoreMethod:
 
     def propose(self, round_: Round) -> Proposal:
         scores = self.scores(round_)
-        return Proposal(plan_for_macs(round_.analysis, scores, round_.macs_to_remove, round_.costs), round_.gm)
+        return Proposal(plan_to_goal(round_, scores), round_.gm)
 
     def observe(self, record: dict[str, Any]) -> bool:
         return bool(record["kept"])
@@ -98,6 +101,27 @@ class ScoreMethod:
 
     def load_state(self, state: dict[str, Any]) -> None:
         pass
+
+
+def plan_to_goal(round_: Round, scores: dict[int, np.ndarray], attempts: int = 4) -> PruningPlan:
+    """Remove the lowest scores until the round's MACs goal is met, as counted on the slim model.
+
+    Per-channel costs overestimate what removing both a layer's inputs and outputs
+    saves (the savings multiply, they do not add), so a single pass lands short of
+    the goal; the budget is scaled by the measured shortfall and planned again.
+    """
+    budget = round_.macs_to_remove
+    plan = plan_for_macs(round_.analysis, scores, budget, round_.costs)
+    if round_.count_macs is None or not np.isfinite(budget):
+        return plan
+    goal = round_.total_macs - budget
+    for _ in range(attempts - 1):
+        left = round_.count_macs(slim_graph_module(round_.gm, plan, verify=False))
+        if left <= goal * 1.01:
+            break
+        budget *= (round_.total_macs - goal) / max(round_.total_macs - left, 1.0)
+        plan = plan_for_macs(round_.analysis, scores, budget, round_.costs)
+    return plan
 
 
 def shared_scores(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

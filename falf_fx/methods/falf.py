@@ -26,8 +26,7 @@ from passes.instrument import AttachFatuousHeads
 
 from ..data import with_indices
 from ..training import TrainConfig, epoch_loader, train
-from ..planning import plan_for_macs
-from .base import Proposal, Round, ScoreMethod, shared_scores, weight_members
+from .base import Proposal, Round, ScoreMethod, plan_to_goal, shared_scores, weight_members
 
 __all__ = ["FALF", "Stability", "FATUOUS_TARGETS", "FALF_SCORES"]
 
@@ -109,7 +108,7 @@ class FALF(ScoreMethod):
         trained = copy.deepcopy(round_.gm)
         scores = self.scores(round_, trained)
         model = round_.gm if self.probe else trained
-        return Proposal(plan_for_macs(round_.analysis, scores, round_.macs_to_remove, round_.costs), model)
+        return Proposal(plan_to_goal(round_, scores), model)
 
     def scores(self, round_: Round, trained: fx.GraphModule) -> dict[int, np.ndarray]:
         """Train ``trained`` (a copy of ``round_.gm``) with the fatuous head and score its channels."""
