@@ -125,8 +125,11 @@ def _cmd_flops(s: _Session) -> None:
 
 
 def _save(gm: fx.GraphModule, path: Path) -> None:
+    """The safe format: falf_fx.load reads it back without unpickling code."""
+    from .serialize import save
+
     try:
-        torch.save(gm, path)
+        save(gm, path)
     except OSError as error:
         raise CliError(f"cannot write --out '{path}': {error.strerror or error}") from error
 
@@ -154,7 +157,7 @@ def _cmd_prune(s: _Session) -> None:
         return
     s.emit(report.table())
     if a.out is not None:
-        s.out.print(f"saved the slim model to {a.out} (load it with torch.load(path, weights_only=False), "
+        s.out.print(f"saved the slim model to {a.out} (load it with falf_fx.load(path), "
                     f"or inspect it with falf-fx flops {a.out})", soft_wrap=True, markup=False)
     else:
         s.out.print("not saved: pass --out PATH to keep the slim model")
@@ -192,7 +195,7 @@ def _cmd_hetconv(s: _Session) -> None:
     s.out.print(f"outputs moved by {distance:.3g} (relative L2, example input, before fine-tuning)",
                 soft_wrap=True, markup=False)
     if a.out is not None:
-        s.out.print(f"saved the HetConv model to {a.out} (load it with torch.load(path, weights_only=False))",
+        s.out.print(f"saved the HetConv model to {a.out} (load it with falf_fx.load(path))",
                     soft_wrap=True, markup=False)
 
 
@@ -305,7 +308,7 @@ def _cmd_compress(s: _Session) -> None:
         verdict = "kept" if record["kept"] else "undone (over --tolerance)"
         s.out.print(f"round {record['round']}: {record['channels_removed']} channels removed, "
                     f"MACs x{record['macs_ratio']:.3f}{accuracy}: {verdict}", soft_wrap=True, markup=False)
-    s.out.print(f"saved the slim model to {a.out} (load it with torch.load(path, weights_only=False))"
+    s.out.print(f"saved the slim model to {a.out} (load it with falf_fx.load(path))"
                 + (f"; report in {a.report}" if a.report is not None else ""), soft_wrap=True, markup=False)
 
 
@@ -339,14 +342,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for --importance random (default 0)")
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="keep a multiple of N channels in groups of at least N (e.g. 8 for GPUs)")
-    p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to torch.save the slim model")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to save the slim model (falf_fx.save format)")
     p = command("hetconv", _cmd_hetconv, "replace 3x3 convs by HetConv layers (3x3 kernels on 1/P of each "
                 "filter's inputs, 1x1 on the rest) and print MACs and params per layer", ("text", "json"))
     p.add_argument("--p", type=int, default=4, help="part P: a 3x3 kernel on 1 input channel in P (default 4)")
     p.add_argument("--select", action="append", default=[], metavar="PATTERN",
                    help="convert the convs whose names match (fnmatch, repeatable; default: every 3x3 conv with "
                         "stride 1 or 2 but the first)")
-    p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to torch.save the HetConv model")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to save the HetConv model (falf_fx.save format)")
     _add_compress(sub)
     return parser
 
@@ -382,7 +385,7 @@ def _add_compress(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of data split, training and method (default 0)")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="save every epoch and round here")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from --checkpoint-dir")
-    p.add_argument("--out", type=Path, required=True, metavar="PATH", help="where to torch.save the slim model")
+    p.add_argument("--out", type=Path, required=True, metavar="PATH", help="where to save the slim model (falf_fx.save format)")
     p.add_argument("--report", type=Path, default=None, metavar="PATH",
                    help="where to write the JSON report (before/after, settings, round history)")
     p.add_argument("--format", choices=("text", "json"), default="text",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import falf_fx
 from torch import nn
 
 from falf_fx.cli import main
@@ -70,7 +72,7 @@ def test_prune_json_reports_smaller_model(pruned):
 
 def test_prune_out_file_loads_back_and_runs(pruned, capsys):
     data, out = pruned
-    slim = torch.load(out, weights_only=False)
+    slim = falf_fx.load(out)
     assert slim.conv1.out_channels == 8
     assert slim(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     again, _ = _run_json(capsys, "flops", str(out), "--input-shape", "1,3,32,32")  # a saved file is a MODEL too
@@ -85,7 +87,7 @@ def test_prune_text_table_and_round_to(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Before" in text and "After / before" in text and "FLOPs = 2 x MACs" in text
     assert f"saved the slim model to {out}" in text
-    assert torch.load(out, weights_only=False).get_submodule("0").out_channels == 16  # keep 20 - 8 = 12, rounded up
+    assert falf_fx.load(out).get_submodule("0").out_channels == 16  # keep 20 - 8 = 12, rounded up
 
 
 def test_groups_json_lists_frozen_reasons(capsys):

@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+import falf_fx
+
 from falf_fx.cli import main
 
 LENET = ["compress", "falf_fx.models:lenet5", "--data", "digits"]
@@ -40,7 +42,7 @@ def test_report_json_says_macs_went_down(compressed):
 
 def test_out_loads_back_and_runs(compressed):
     _, out, report = compressed
-    slim = torch.load(out, weights_only=False)
+    slim = falf_fx.load(out)
     assert slim(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     widths = {"0": slim.get_submodule("0").out_channels, "3": slim.get_submodule("3").out_channels,
               "7": slim.get_submodule("7").out_features, "9": slim.get_submodule("9").out_features}
