@@ -17,14 +17,28 @@ def _tensor(root: nn.Module, name: str) -> torch.Tensor:
     return getattr(root.get_submodule(owner), attr)
 
 
+def _per_position(weight: torch.Tensor, dim: int, power: int, chunk_elements: int = 1 << 18) -> np.ndarray:
+    """Sum of |w|**power over every axis but ``dim``, in float64, a slab at a time.
+
+    Chunking along ``dim`` keeps the temporaries small: a float64 copy of a large
+    weight (AlexNet's classifier) would otherwise dominate the peak memory of pruning.
+    """
+    others = [d for d in range(weight.dim()) if d != dim]
+    per_slice = max(1, weight.numel() // max(weight.shape[dim], 1))
+    rows = max(1, chunk_elements // per_slice)
+    parts = []
+    for slab in weight.split(rows, dim=dim):
+        slab = slab.abs() if power == 1 else slab.double().square()
+        parts.append(slab.sum(dim=others, dtype=torch.float64) if others else slab.double())
+    return torch.cat(parts).cpu().numpy()
+
+
 def _magnitude(root: nn.Module, group: ChannelGroup, power: int) -> np.ndarray:
     scores = np.zeros(group.size, dtype=np.float64)
     for member in group.param_members:
         if member.name.endswith(("running_mean", "running_var", "num_batches_tracked")):
             continue  # statistics, not weights
-        weight = _tensor(root, member.name).detach().double()
-        moved = weight.movedim(member.dim, 0).reshape(weight.shape[member.dim], -1)
-        per_position = moved.abs().pow(power).sum(dim=1).cpu().numpy()
+        per_position = _per_position(_tensor(root, member.name).detach(), member.dim, power)
         np.add.at(scores, member.channels, per_position[member.positions])
     return scores if power == 1 else np.sqrt(scores)
 

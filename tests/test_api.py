@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.fx.passes.infra.pass_manager import PassManager
 from torch.fx.passes.infra.pass_base import PassResult
 
@@ -95,3 +97,19 @@ def test_ignore_and_round_to():
     assert slim.get_submodule("layer1.0.conv1").out_channels == 8
     rounded = falf_fx.prune(model, x, ratio=0.3, round_to=8)
     assert all(m.out_channels % 8 == 0 for m in rounded.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("kind,power", [("l1", 1), ("l2", 2)])
+def test_magnitude_importance_sums_every_slice_of_a_channel(kind, power):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
+    gm = falf_fx.trace(model, torch.randn(1, 3, 6, 6))
+    analysis = falf_fx.analyze(gm)
+    (group,) = analysis.prunable_groups
+    scores = falf_fx.group_importance(analysis, kind)[group.id]
+    conv, bn, fc = model[0], model[1], model[4]
+    fc_in = fc.weight.detach().double().view(5, 6, 16).abs().pow(power).sum(dim=(0, 2))
+    parts = [conv.weight.detach().double().abs().pow(power).sum(dim=(1, 2, 3)), fc_in,
+             *(p.detach().double().abs().pow(power) for p in (conv.bias, bn.weight, bn.bias))]
+    expected = torch.stack(parts).sum(0).numpy()
+    np.testing.assert_allclose(scores, expected if power == 1 else np.sqrt(expected), rtol=1e-12)
