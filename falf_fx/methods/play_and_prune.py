@@ -82,7 +82,7 @@ class _FilterNorms:
     def __init__(self, analysis: Analysis) -> None:
         self.groups = {}
         for group in analysis.prunable_groups:
-            slices = [(tensor, member.dim, torch.as_tensor(member.positions), torch.as_tensor(member.channels))
+            slices = [(tensor, member.dim, torch.tensor(member.positions), torch.tensor(member.channels))
                       for member, tensor in weight_members(analysis, group.id)]
             if slices:
                 self.groups[group.id] = (group.size, torch.as_tensor(~group.frozen), slices)
