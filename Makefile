@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-methods install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/zoo.py
+	cd benchmarks && ../$(PY) hetconv.py macs latency train
+
+# The training benchmarks (hours on 2 CPU cores; pretrained weights shared through one cache folder).
+bench-methods: $(STAMP)
+	$(PY) benchmarks/ablation_falf.py --cache .bench-cache
+	$(PY) benchmarks/cfp_ablation.py
+	$(PY) benchmarks/methods.py --cache .bench-cache
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .bench-cache
