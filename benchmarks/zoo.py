@@ -18,6 +18,9 @@ runs and keeps every output shape.
 
     python benchmarks/zoo.py                           # the whole zoo
     python benchmarks/zoo.py resnet18 det:ssd300_vgg16 # some rows (merged into zoo.json)
+
+Every row names its run (start time and commit); the summary covers the rows
+of the latest run only, so rows kept from earlier runs never mix into it.
 """
 from __future__ import annotations
 
@@ -113,13 +116,29 @@ def _ignored_layers(tool: str, model, x) -> list:
 
 
 def _warm_up(tool: str) -> float:
-    """One run of the tool on a small net, so one-off imports and caches are not charged to a model."""
+    """One run of the tool on a small net, so one-off imports and caches are not charged to a model.
+
+    The net calls a torch function in its forward (a residual add, torch.flatten):
+    fx's first traced function call builds torch's table of overridable
+    functions (~30 ms, once per process).
+    """
     import torch
     from torch import nn
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(),
-                        nn.Linear(8 * 4 * 4, 4)).eval()
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8 * 6 * 6, 4)
+
+        def forward(self, x):
+            x = self.body(x)
+            return self.head(torch.flatten(x + self.conv(x), 1))
+
+    net = Net().eval()
     start = time.perf_counter()
-    _slim(tool, net, torch.randn(1, 3, 8, 8), [net[-1]], {})
+    _slim(tool, net, torch.randn(1, 3, 8, 8), [net.head], {})
     return time.perf_counter() - start
 
 
@@ -264,6 +283,7 @@ def _row(name: str, results: dict) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
+    """Success counts and medians over ``rows`` (compare tools only on rows measured in one run)."""
     both = [r for r in rows if "time_ratio" in r]
     ok = {tool: {r["model"] for r in rows if r[tool]["ok"]} for tool in TOOLS}
     return {
@@ -308,10 +328,11 @@ def main() -> None:
 
     names = args.models or all_models()
     facts = machine(args.threads, args.note)  # load averages before the run
+    run = _run_id()
     path = RESULTS / "zoo.json"
     kept = {}  # a partial run replaces its own rows only; a full run starts afresh
     if args.models and path.exists():
-        kept = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
+        kept = {r["model"]: {"run": "unrecorded", **r} for r in json.loads(path.read_text())["rows"]}
     settings = {"ratio": RATIO, "importance": "l1", "torch_pruning": _version("torch-pruning"),
                 "falf_fx": _version("falf_fx"), "torchvision": _version("torchvision"), "threads": args.threads,
                 "repeats": args.repeats, "step_timeout_s": args.step_timeout, "total_timeout_s": args.total_timeout,
@@ -329,8 +350,9 @@ def main() -> None:
         order = list(kept) + [r["model"] for r in rows if r["model"] not in kept]
         all_rows = [merged[n] for n in order]
         payload = {"machine": facts, "settings": settings,
-                   "progress": {"requested": len(names), "finished": len(rows)},
-                   "summary": summarise(all_rows), "rows": all_rows}
+                   "progress": {"run": run, "requested": len(names), "finished": len(rows)},
+                   "summary": {"run": run, **summarise(rows)},  # this run's rows: same code, same machine state
+                   "rows": all_rows}
         write_json("zoo.json", payload)
         return payload
 
@@ -347,13 +369,27 @@ def main() -> None:
                                            "--repeats", str(args.repeats)],
                                           stage_timeout=args.step_timeout, total_timeout=args.total_timeout,
                                           mem_limit_gib=args.mem_limit)
-            rows.append(_row(name, results))
+            rows.append({"run": run, **_row(name, results)})
             payload = save(rows)
             cells = [f"{t}: " + (f"ok {r['seconds']:.2f} s {r['peak_mib']:.0f} MiB" if r["ok"]
                                  else f"[red]FAIL[/red] {r['error'][:70]}") for t, r in results.items()]
             console.print(f"{name:40s} " + " | ".join(cells), highlight=False, soft_wrap=True)
             progress.advance(task)
     console.print_json(json.dumps(payload["summary"]))
+
+
+def _run_id() -> str:
+    """Start time and commit of this run, stored on its rows (``-dirty``: uncommitted changes)."""
+    import subprocess
+    from datetime import datetime, timezone
+
+    from harness import ROOT
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "falf_fx", "passes",
+                            "benchmarks/zoo.py"], capture_output=True, text=True).stdout.strip()
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    return f"{stamp} {commit or 'unknown'}{'-dirty' if dirty else ''}"
 
 
 def _version(dist: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import fx, nn
+from torch.fx.proxy import ParameterProxy
 
 from passes.analysis import AUTO_LEAVES_KEY
 from passes.shape_prop import propagate_shapes
@@ -37,6 +38,40 @@ class _LeafTracer(fx.Tracer):
         self.leaves, self.leaf_types, self.leaf_ids = leaves, leaf_types, leaf_ids
         self.stack: list[str] = []
         self.failed_in: Optional[str] = None
+
+    def _name_of(self, value: torch.Tensor, buffers: bool) -> Optional[str]:
+        """The name fx's linear search finds for a parameter (or, with ``buffers``, a buffer) of the root.
+
+        fx scans every named parameter each time traced code reads one, which is
+        quadratic on models that read many (MaxViT); a table keyed by identity
+        finds the same first name.  None: not found, fx's own search decides.
+        """
+        if getattr(self, "_names_root", None) is not self.root:
+            self._names_root = self.root
+            self._param_names = {id(p): (n, p) for n, p in reversed(list(self.root.named_parameters()))}
+            self._buffer_names = {id(b): (n, b) for n, b in reversed(list(self.root.named_buffers()))}
+        tables = [self._param_names] if isinstance(value, nn.Parameter) else []
+        tables += [self._buffer_names] if buffers else []
+        for table in tables:
+            name, tensor = table.get(id(value), (None, None))
+            if tensor is value:
+                return name
+        return None
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        name = self._name_of(attr_val, self.proxy_buffer_attributes) if isinstance(attr_val, torch.Tensor) else None
+        if name is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            factory = (lambda node: ParameterProxy(self, node, name, attr_val)) if self.param_shapes_constant else None
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {}, proxy_factory_fn=factory)
+        return parameter_proxy_cache[name]
+
+    def create_arg(self, a: Any) -> Any:
+        name = self._name_of(a, not isinstance(a, nn.Parameter)) if isinstance(a, torch.Tensor) else None
+        if name is not None:
+            return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaves or id(m) in self.leaf_ids or isinstance(m, self.leaf_types):

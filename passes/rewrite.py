@@ -80,15 +80,33 @@ def _sliced_tensors(gm: fx.GraphModule, analysis: Analysis, removed: np.ndarray)
     for name, dims in by_name.items():
         owner_name, _, attr = name.rpartition(".")
         tensor = getattr(gm.get_submodule(owner_name), attr)
-        sliced = tensor.detach()
-        for dim, keep in dims.items():
-            sliced = sliced.index_select(dim, torch.as_tensor(keep, device=sliced.device))
-        sliced = sliced.contiguous()
+        sliced = _gather(tensor.detach(), dims)
         if isinstance(tensor, nn.Parameter):
             sliced = nn.Parameter(sliced, requires_grad=tensor.requires_grad)
         replacements[id(tensor)] = sliced  # every alias of a tied tensor is this one object
         record[name] = {dim: keep.tolist() for dim, keep in dims.items()}
     return replacements, record
+
+
+def _gather(tensor: torch.Tensor, dims: dict[int, np.ndarray]) -> torch.Tensor:
+    """``tensor`` with only the kept positions of each cut dim, in one allocation.
+
+    Several adjacent cut dims (a weight's out/in pair) are gathered by one
+    indexing op with broadcast index arrays: cutting one dim after the other
+    made a half-cut temporary per tensor, and the freed temporaries kept
+    slimming's resident peak ~30% above the slim tensors.
+    """
+    cut = sorted(dims)
+    if len(cut) == 1 or cut != list(range(cut[0], cut[0] + len(cut))):  # apart: numpy rules reorder the dims
+        for dim in cut:
+            tensor = tensor.index_select(dim, torch.as_tensor(dims[dim], device=tensor.device))
+        return tensor.contiguous()
+    index: list[Any] = [slice(None)] * tensor.dim()
+    for rank, dim in enumerate(cut):
+        shape = [1] * len(cut)
+        shape[rank] = -1
+        index[dim] = torch.as_tensor(dims[dim], device=tensor.device).reshape(shape)
+    return tensor[tuple(index)].contiguous()
 
 
 def _copy_with(gm: fx.GraphModule, replacements: dict[int, Any]) -> fx.GraphModule:

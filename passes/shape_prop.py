@@ -86,17 +86,35 @@ def _layer_norm_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _empty_meta(x)
 
 
+def _linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The checks of the real kernel; on the meta device linear on a 3-D input runs a Python decomposition."""
+    if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise RuntimeError(f"linear of an input of shape {tuple(x.shape)} with a weight of shape "
+                           f"{tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) not in ((weight.shape[0],), ()):
+        raise RuntimeError(f"linear bias of shape {tuple(bias.shape)} for {weight.shape[0]} outputs")
+    if any(t is not None and t.dtype != x.dtype for t in (weight, bias)):
+        raise RuntimeError(f"linear mixes dtypes {x.dtype} and {weight.dtype}")
+    return torch.empty((*x.shape[:-1], weight.shape[0]), dtype=x.dtype, device="meta")
+
+
+def _linear_module_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _linear_shape(x, module.weight, module.bias)
+
+
 def _same_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not x.is_floating_point():
         raise RuntimeError(f"{type(module).__name__} on a {x.dtype} tensor")
     return _empty_meta(x)
 
 
-# Exact module types whose output has the input's shape and dtype.  Their meta
-# kernels are Python decompositions (prims), slower than the rest of the graph.
+# Exact module types whose output shape is computed here, with the real kernel's
+# checks (all but Linear keep the input's shape and dtype).  Their meta kernels
+# are Python decompositions (prims), slower than the rest of the graph.
 _SHAPE_ONLY = {
     **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _batch_norm_shape),
     nn.LayerNorm: _layer_norm_shape,
+    nn.Linear: _linear_module_shape,
     **dict.fromkeys((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid,
                      nn.Tanh, nn.ELU, nn.Mish, nn.Hardtanh, nn.Dropout, nn.Identity), _same_shape),
 }
@@ -111,6 +129,9 @@ _ELEMENTWISE = frozenset((
     torch.relu, torch.sigmoid, torch.tanh, F.relu, F.relu6, F.leaky_relu, F.hardswish, F.hardsigmoid, F.silu,
     F.gelu, F.hardtanh, F.dropout,
     "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "relu", "relu_", "sigmoid", "sigmoid_", "tanh"))
+
+
+_LINEAR = frozenset((F.linear, torch._C._nn.linear))
 
 
 def _alike_operands(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
@@ -144,6 +165,9 @@ class _MetaInterpreter(_RecordingInterpreter):
         return super().call_module(target, args, kwargs)
 
     def call_function(self, target, args, kwargs):
+        if target in _LINEAR and not kwargs and all(isinstance(a, (torch.Tensor, type(None))) for a in args) \
+                and isinstance(args[0], torch.Tensor) and 2 <= len(args) <= 3:
+            return _linear_shape(*args)
         if target in _ELEMENTWISE and (first := _alike_operands(args, kwargs)) is not None:
             return _empty_meta(first)
         return super().call_function(target, args, kwargs)
