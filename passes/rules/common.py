@@ -60,15 +60,17 @@ def couple(ctx: RuleContext, operands: Sequence[fx.Node], out_shape: Sequence[in
     """
     rank = len(out_shape)
     out: Layout = {}
-    for od in range(rank):
-        if od in skip_dims:
+    seen = [(ctx.shape(operand), ctx.layout(operand) or {}) for operand in operands]
+    # only output dims some operand tracks can unite or freeze anything (a DenseNet concatenation
+    # has many operands and tracks one dim)
+    dims = sorted({d + rank - len(shape) for shape, layout in seen for d in layout} - set(skip_dims))
+    for od in dims:
+        if not 0 <= od < rank:
             continue
         size = out_shape[od]
         tracked: list[np.ndarray] = []
         blocked = False
-        for operand in operands:
-            shape = ctx.shape(operand)
-            layout = ctx.layout(operand) or {}
+        for shape, layout in seen:
             idim = od - (rank - len(shape))
             if idim < 0:
                 continue
