@@ -122,7 +122,8 @@ _SHAPE_ONLY = {
 # Elementwise functions and methods: when every tensor operand has one shape, dtype
 # and layout (and the rest are plain numbers or flags) the result is shaped like
 # them.  Their meta kernels are Python references costing ~1 ms a call, more than
-# a convolution; other operand mixes (broadcasting, promotion) run the kernel.
+# a convolution; the binary ones also broadcast two floating operands of one
+# dtype (layer scales, biases); other operand mixes (promotion) run the kernel.
 _ELEMENTWISE = frozenset((
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
     operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
@@ -131,7 +132,39 @@ _ELEMENTWISE = frozenset((
     "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "relu", "relu_", "sigmoid", "sigmoid_", "tanh"))
 
 
+_BROADCASTING = frozenset((
+    operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div,
+    torch.maximum, torch.minimum, "add", "sub", "mul", "div"))  # not in place: those keep the first shape
+
 _LINEAR = frozenset((F.linear, torch._C._nn.linear))
+
+
+def _broadcast_operands(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    """The result of a binary op on two floating tensors of one dtype and device (plain numbers aside)."""
+    tensors = []
+    for value in itertools.chain(args, kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+        elif not isinstance(value, (int, float, bool, str, type(None))):
+            return None
+    if len(tensors) != 2:
+        return None
+    a, b = tensors
+    if not a.is_floating_point() or a.dtype != b.dtype or a.device != b.device:
+        return None
+    return torch.empty(torch.broadcast_shapes(a.shape, b.shape), dtype=a.dtype, device="meta")
+
+
+def _layer_norm_call(input: torch.Tensor, normalized_shape, weight: Optional[torch.Tensor] = None,
+                     bias: Optional[torch.Tensor] = None, eps: float = 1e-5) -> torch.Tensor:
+    """F.layer_norm's shape with the real kernel's checks (its meta kernel is a decomposition, ~3 ms a call)."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not input.is_floating_point() or tuple(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(f"layer_norm over {shape} on a {input.dtype} input of shape {tuple(input.shape)}")
+    for name, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise RuntimeError(f"layer_norm {name} of shape {tuple(tensor.shape)}, normalized_shape {shape}")
+    return torch.empty(input.shape, dtype=input.dtype, device="meta")
 
 
 def _alike_operands(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
@@ -168,13 +201,19 @@ class _MetaInterpreter(_RecordingInterpreter):
         if target in _LINEAR and not kwargs and all(isinstance(a, (torch.Tensor, type(None))) for a in args) \
                 and isinstance(args[0], torch.Tensor) and 2 <= len(args) <= 3:
             return _linear_shape(*args)
+        if target is F.layer_norm and args and isinstance(args[0], torch.Tensor):
+            return _layer_norm_call(*args, **kwargs)
         if target in _ELEMENTWISE and (first := _alike_operands(args, kwargs)) is not None:
             return _empty_meta(first)
+        if target in _BROADCASTING and (result := _broadcast_operands(args, kwargs)) is not None:
+            return result
         return super().call_function(target, args, kwargs)
 
     def call_method(self, target, args, kwargs):
         if target in _ELEMENTWISE and (first := _alike_operands(args, kwargs)) is not None:
             return _empty_meta(first)
+        if target in _BROADCASTING and (result := _broadcast_operands(args, kwargs)) is not None:
+            return result
         return super().call_method(target, args, kwargs)
 
 
