@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(PY) examples/lenet5_digits.py
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 # Torch-Pruning is the peer the benchmarks measure against: a bench extra, never a dependency.
 bench: $(STAMP)
