@@ -135,12 +135,12 @@ def markdown(payload: dict) -> str:
     """README table: method -> accuracy (MACs reached) at 4x and 8x per model; PP's paper-style rows."""
     table = payload["summary"]
     models = [m for m in ("lenet5", "resnet20") if m in table]
-    header = ["method"] + [f"{m} {1 / t:g}x" for m in models for t in TARGETS]
+    header = ["method"] + [f"{m} ({IMAGE_SIZE[m]} px) {1 / t:g}x" for m in models for t in TARGETS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     unpruned = {}
     for info in payload["pretrained"]:
         unpruned.setdefault(info["model"], []).append(info["accuracy"])
-    row = [f"{100 * statistics.mean(unpruned[m]):.2f} (MACs 1)" for m in models for _ in TARGETS]
+    row = [f"{100 * statistics.mean(unpruned[m]):.2f} (n={len(unpruned[m])}, MACs 1)" for m in models for _ in TARGETS]
     lines.append("| unpruned | " + " | ".join(row) + " |")
     methods = sorted({k for m in table.values() for k in m if "paper" not in k}, key=lambda k: (k != "magnitude", k))
     for method in methods:
@@ -149,8 +149,8 @@ def markdown(payload: dict) -> str:
             for target in TARGETS:
                 cell = table[model].get(method, {}).get(f"{target:g}")
                 std = f" ± {100 * cell['accuracy_std']:.2f}" if cell and cell["accuracy_std"] is not None else ""
-                row.append(f"{100 * cell['accuracy_mean']:.2f}{std} (MACs {cell['macs_ratio_mean']:.3f})"
-                           if cell else "not run")
+                row.append(f"{100 * cell['accuracy_mean']:.2f}{std} (n={cell['n_seeds']}, MACs "
+                           f"{cell['macs_ratio_mean']:.3f})" if cell else "not run")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     lines += ["", "| Play-and-Prune, largest reduction inside ε | " + " | ".join(models) + " |",
               "|---|" + "---|" * len(models)]
