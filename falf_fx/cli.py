@@ -367,9 +367,11 @@ def _add_compress(sub: Any) -> None:
                         "sample)")
     p.add_argument("--method", choices=sorted(METHODS), default="falf", help="channel scoring (default falf)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method option, repeatable; FALF: target, score, lam, aux_epochs, aux_lr, points, "
-                        "taylor_batches (e.g. score=taylor); play_and_prune: threshold, lam, grow, max_threshold, "
-                        "zero, reg_epochs, reg_lr, patience, fold_batches")
+                   help="a method option, repeatable; falf/stability: target, score, lam, aux_epochs, aux_lr, "
+                        "points, taylor_batches, probe (e.g. score=taylor); play_and_prune: threshold, lam, grow, "
+                        "max_threshold, zero, reg_epochs, reg_lr, patience, fold_batches; correlation: mu, "
+                        "raise_epochs, raise_lr, penalty; pruner_network: lam, epochs, lr, pruner_lr, threshold, "
+                        "search_trials, alpha_step, alpha_max; magnitude: importance")
     p.add_argument("--target-macs", type=float, default=None, metavar="F",
                    help="fraction of the original MACs to keep, e.g. 0.25")
     p.add_argument("--tolerance", type=float, default=None, metavar="F",
