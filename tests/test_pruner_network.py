@@ -265,3 +265,12 @@ def test_cli_compress_with_the_pruner_network(tmp_path):
     assert status == 0
     written = json.loads(report.read_text())
     assert written["method"] == "pruner_network" and written["macs_ratio"] <= 0.5
+
+
+def test_the_fill_beyond_closed_gates_spreads_over_groups():
+    # open gates sit near 1; group 0's are a hair lower everywhere, which must not empty it first
+    gates = {0: np.array([0.97, 0.971, 0.972, 0.973]), 1: np.array([0.99, 0.991, 0.992, 0.993, 0.1])}
+    frozen = {0: np.zeros(4, bool), 1: np.zeros(5, bool)}
+    order = removal_order(gates, frozen)
+    assert order[0] == (1, 4)  # the closed gate first
+    assert {gid for gid, _ in order[1:3]} == {0, 1}  # then one open channel from each group

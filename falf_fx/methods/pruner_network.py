@@ -54,13 +54,16 @@ from .base import Proposal, Round, shared_scores
 __all__ = ["PrunerNetwork", "GatedNetwork", "as_removals", "gate_spread", "removal_order", "threshold_removals"]
 
 
-def removal_order(mean_gates: Mapping[int, np.ndarray], frozen: Mapping[int, np.ndarray]) -> list[tuple[int, int]]:
-    """(group, channel) pairs, most closed first over all groups at once; frozen channels never appear, and
-    neither does a group's most open channel when it would be the group's last.
+def removal_order(mean_gates: Mapping[int, np.ndarray], frozen: Mapping[int, np.ndarray],
+                  threshold: float = 0.5) -> list[tuple[int, int]]:
+    """(group, channel) pairs in the order to remove them; frozen channels never appear, and neither does a
+    group's most open channel when it would be the group's last.  Any prefix is a valid removal set.
 
-    Gates are not rescaled per group (as ``plan_for_macs`` does with scores):
-    they share one scale already, and comparing them raw keeps the per-layer
-    rates the pruner learned.  Any prefix is a valid removal set.
+    Closed gates (below ``threshold``) come first, compared raw over all groups: they share one scale, and
+    comparing them raw keeps the per-layer rates the pruner learned.  Open gates (a fill to a MACs target
+    beyond what the pruner closed) follow, each divided by its group's mean open gate: open gates all sit
+    near 1, their raw differences say nothing across layers, and taken raw they can empty one layer (LeNet-5
+    collapsed to chance that way).
     """
     entries = []
     for gid, gates in mean_gates.items():
@@ -69,7 +72,10 @@ def removal_order(mean_gates: Mapping[int, np.ndarray], frozen: Mapping[int, np.
         candidates = candidates[np.argsort(gates[candidates], kind="stable")]
         if candidates.size >= gates.size:
             candidates = candidates[:-1]
-        entries.extend((float(gates[i]), gid, int(i)) for i in candidates)
+        open_gates = gates[gates >= threshold]
+        scale = open_gates.mean() if open_gates.size else 1.0
+        entries.extend(((0, float(gates[i])) if gates[i] < threshold else (1, float(gates[i] / scale)), gid, int(i))
+                       for i in candidates)
     return [(gid, index) for _, gid, index in sorted(entries)]
 
 
@@ -84,7 +90,7 @@ def threshold_removals(mean_gates: Mapping[int, np.ndarray], frozen: Mapping[int
                        threshold: float = 0.5) -> dict[int, list[int]]:
     """Channels whose mean gate is below ``threshold``, frozen ones excepted; a group whose channels all fall
     below keeps its most open one."""
-    order = removal_order(mean_gates, frozen)
+    order = removal_order(mean_gates, frozen, threshold)
     return as_removals([(gid, i) for gid, i in order if mean_gates[gid][i] < threshold])
 
 
@@ -273,7 +279,7 @@ class PrunerNetwork:
             p.requires_grad_(True)
         mean_gates = self._mean_gates(network, heldout)
         removals = threshold_removals(mean_gates, frozen, self.threshold)
-        return _Trial(lam, network, mean_gates, removal_order(mean_gates, frozen), removals,
+        return _Trial(lam, network, mean_gates, removal_order(mean_gates, frozen, self.threshold), removals,
                       self._macs_left(round_, removals, mean_gates))
 
     @torch.no_grad()
