@@ -23,33 +23,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.ablation_falf import MODELS, SETTINGS, _build, _loaders, run_config, summarize  # noqa: E402
+from benchmarks.ablation_falf import MODELS, SETTINGS, pretrain, run_config, summarize  # noqa: E402
 from benchmarks.harness import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cfp_ablation.json"
 TARGET = 0.25
 ARMS = {"raise": {"mu": 1.0, "raise_epochs": 1}, "no-raise": {"mu": 0.0, "raise_epochs": 1},
         "drop-only": {"raise_epochs": 0}}
-
-
-def pretrain(task: tuple) -> dict:
-    """Train (model, seed) once with ablation_falf's recipe; every arm then starts from these weights."""
-    import torch
-
-    from falf_fx.training import TrainConfig, evaluate, train
-    model_name, seed, cache = task
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    train_loader, val_loader = _loaders(model_name, seed)
-    model = _build(model_name)
-    _, _, _, epochs, lr = MODELS[model_name]
-    t0 = time.perf_counter()
-    train(model, train_loader, lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]),
-          TrainConfig(epochs=epochs, lr=lr, seed=seed), phase="pretrain", progress=False)
-    path = Path(cache, f"{model_name}-{seed}.pt")
-    torch.save(model.state_dict(), path)
-    return {"model": model_name, "seed": seed, "epochs": epochs, "lr": lr, "path": str(path),
-            "accuracy": evaluate(model, val_loader)["accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def run_arm(item: tuple) -> dict:
@@ -133,7 +113,7 @@ def main(argv=None) -> None:
         out.write_text(json.dumps(payload, indent=1) + "\n")
 
     with tempfile.TemporaryDirectory() as cache, mp.get_context("spawn").Pool(args.workers) as pool:
-        pending = {(m, s): pool.apply_async(pretrain, ((m, s, cache),)) for m in models for s in seeds}
+        pending = {(m, s): pool.apply_async(pretrain, ((m, s, cache, 1.0),)) for m in models for s in seeds}
         weights = {}
         for (model, seed), handle in pending.items():
             info = handle.get()

@@ -25,7 +25,8 @@ from ..checkpoint import CheckpointStore
 from ..planning import plan_for_macs
 from ..training import LossFn, all_reduce_mean
 
-__all__ = ["Round", "Proposal", "PruningMethod", "ScoreMethod", "plan_to_goal", "shared_scores", "weight_members"]
+__all__ = ["Round", "Proposal", "PruningMethod", "MethodBase", "ScoreMethod", "plan_to_goal", "shared_scores",
+           "weight_members"]
 
 
 @dataclass
@@ -80,7 +81,20 @@ class PruningMethod(Protocol):
         ...
 
 
-class ScoreMethod:
+class MethodBase:
+    """Defaults for a method with no state between rounds: stop at the first rejected round."""
+
+    def observe(self, record: dict[str, Any]) -> bool:
+        return bool(record["kept"])
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class ScoreMethod(MethodBase):
     """A method that scores channels (higher = keep); the global MACs allocation does the rest."""
 
     name = "score"
@@ -92,15 +106,6 @@ class ScoreMethod:
     def propose(self, round_: Round) -> Proposal:
         scores = self.scores(round_)
         return Proposal(plan_to_goal(round_, scores), round_.gm)
-
-    def observe(self, record: dict[str, Any]) -> bool:
-        return bool(record["kept"])
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def plan_to_goal(round_: Round, scores: dict[int, np.ndarray], attempts: int = 4) -> PruningPlan:

@@ -41,7 +41,7 @@ from passes.plan import PruningPlan
 from ..importance import group_importance
 from ..planning import _repair_emptied_axes
 from ..training import TrainConfig, train
-from .base import Proposal, Round
+from .base import MethodBase, Proposal, Round
 
 __all__ = ["Correlation", "PENALTIES", "correlation_penalty", "pair_pearson", "pearson", "producer_filters",
            "select_pairs"]
@@ -173,7 +173,7 @@ def select_pairs(correlation: Mapping[int, np.ndarray], group_macs: Mapping[int,
 
 
 @dataclass
-class Correlation:
+class Correlation(MethodBase):
     """Options: ``mu`` (weight of R), ``raise_epochs`` (0: no correlation-raising phase),
     ``raise_lr``, ``penalty`` (``exp``, ``linear`` or ``paper``)."""
 
@@ -242,8 +242,3 @@ class Correlation:
     def observe(self, record: dict[str, Any]) -> bool:
         return bool(record["kept"]) and record["channels_removed"] > 0
 
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        pass

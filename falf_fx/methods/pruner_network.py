@@ -49,7 +49,7 @@ from ..errors import FalfError
 from ..flops import count_cost
 from ..planning import _repair_emptied_axes
 from ..training import TrainConfig, train
-from .base import Proposal, Round, shared_scores
+from .base import MethodBase, Proposal, Round, shared_scores
 
 __all__ = ["PrunerNetwork", "GatedNetwork", "as_removals", "gate_spread", "removal_order", "threshold_removals"]
 
@@ -135,7 +135,7 @@ class _Trial:
 
 
 @dataclass
-class PrunerNetwork:
+class PrunerNetwork(MethodBase):
     """Options: ``lam`` (weight of the gates' l1; the start of the search with a MACs target),
     ``epochs`` (alternating pruner-only / both epochs per NPN run), ``lr`` (both), ``pruner_lr`` (pruner only),
     ``max_batches`` (per epoch),
@@ -184,14 +184,6 @@ class PrunerNetwork:
                       threshold_removed=sum(len(v) for v in best.removals.values()))
         return Proposal(self._plan(round_, removals, best.mean_gates), remove_gates(best.network.main), record)
 
-    def observe(self, record: dict[str, Any]) -> bool:
-        return bool(record["kept"])
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        pass
 
     # -- data -----------------------------------------------------------------------------------------
 
