@@ -40,3 +40,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pretrained_state(build, loader, epochs: int, lr: float = 0.1, seed: int = 0) -> dict:
+    """Weights of ``build()`` trained on ``loader``: the shared starting point of compress tests."""
+    from falf_fx.training import TrainConfig, train
+
+    torch.manual_seed(seed)
+    model = build()
+    train(model, loader, lambda out, batch: nn.functional.cross_entropy(out, batch[1]),
+          TrainConfig(epochs=epochs, lr=lr), progress=False)
+    return model.state_dict()
+
+
+def with_state(build, state: dict) -> nn.Module:
+    """A fresh ``build()`` carrying ``state``: every test gets its own copy of the trained weights."""
+    model = build()
+    model.load_state_dict(state)
+    return model

@@ -10,7 +10,8 @@ import falf_fx
 from falf_fx.checkpoint import CheckpointError
 from falf_fx.data import digits_loaders
 from falf_fx.errors import FalfError
-from falf_fx.training import TrainConfig, TrainingError, train
+from falf_fx.training import TrainingError
+from tests.conftest import pretrained_state, with_state
 
 CE = lambda out, batch: nn.functional.cross_entropy(out, batch[1])  # noqa: E731
 
@@ -28,16 +29,11 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    torch.manual_seed(0)
-    model = tiny_net()
-    train(model, data[0], CE, TrainConfig(epochs=6, lr=0.1), progress=False)
-    return model.state_dict()
+    return pretrained_state(tiny_net, data[0], epochs=6)
 
 
 def _model(state) -> nn.Sequential:
-    model = tiny_net()
-    model.load_state_dict(state)
-    return model
+    return with_state(tiny_net, state)
 
 
 FAST = dict(aux_epochs=1, finetune_epochs=1, taylor_batches=2, progress=False)

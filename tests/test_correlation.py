@@ -16,8 +16,8 @@ from falf_fx.cli import main
 from falf_fx.data import digits_loaders
 from falf_fx.methods.correlation import (Correlation, correlation_penalty, pair_pearson, pearson, producer_filters,
                                          select_pairs)
-from falf_fx.training import TrainConfig, train
 from passes.analysis import analyze_graph
+from tests.conftest import pretrained_state, with_state
 
 CE = lambda out, batch: nn.functional.cross_entropy(out, batch[1])  # noqa: E731
 
@@ -170,16 +170,11 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    torch.manual_seed(0)
-    model = tiny_net()
-    train(model, data[0], CE, TrainConfig(epochs=10, lr=0.1), progress=False)
-    return model.state_dict()
+    return pretrained_state(tiny_net, data[0], epochs=10)
 
 
 def _model(state) -> nn.Sequential:
-    model = tiny_net()
-    model.load_state_dict(state)
-    return model
+    return with_state(tiny_net, state)
 
 
 def test_compress_cuts_macs_and_the_raising_phase_raises_the_pairs_correlation(data, trained):

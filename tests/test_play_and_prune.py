@@ -10,12 +10,11 @@ import falf_fx
 from falf_fx.data import digits_loaders
 from falf_fx.methods import make_method
 from falf_fx.methods.play_and_prune import Setting, next_setting
-from falf_fx.training import TrainConfig, train
 from passes.analysis import analyze_graph
 from passes.fold_constants import fold_constants, measure_inputs, removed_inputs
 from passes.plan import PruningPlan
 from passes.rewrite import slim_graph_module
-from tests.conftest import randomize_norms
+from tests.conftest import pretrained_state, randomize_norms, with_state
 
 # -- folding ----------------------------------------------------------------------------------
 
@@ -151,16 +150,11 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    torch.manual_seed(0)
-    model = tiny_net()
-    train(model, data[0], CE, TrainConfig(epochs=6, lr=0.1), progress=False)
-    return model.state_dict()
+    return pretrained_state(tiny_net, data[0], epochs=6)
 
 
 def _model(state) -> nn.Sequential:
-    model = tiny_net()
-    model.load_state_dict(state)
-    return model
+    return with_state(tiny_net, state)
 
 
 def test_play_and_prune_cuts_macs_inside_the_tolerance(data, trained):

@@ -17,12 +17,11 @@ from falf_fx.data import digits_loaders
 from falf_fx.methods.pruner_network import (PrunerNetwork, as_removals, gate_spread, removal_order,
                                             threshold_removals)
 from falf_fx.models import lenet5, resnet20
-from falf_fx.training import TrainConfig, train
 from passes.gates import GATE_PREFIX, GATED_GROUPS_KEY, InsertGates, remove_gates
 from passes.plan import PruningPlan
 from passes.pruner_network import HEADS_NAME, BuildPrunerNetwork, classifier_features
 from passes.rewrite import slim_graph_module
-from tests.conftest import randomize_norms
+from tests.conftest import pretrained_state, randomize_norms, with_state
 
 CE = lambda out, batch: nn.functional.cross_entropy(out, batch[1])  # noqa: E731
 
@@ -181,16 +180,11 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    torch.manual_seed(0)
-    model = tiny_net()
-    train(model, data[0], CE, TrainConfig(epochs=4, lr=0.1), progress=False)
-    return model.state_dict()
+    return pretrained_state(tiny_net, data[0], epochs=4)
 
 
 def _model(state) -> nn.Sequential:
-    model = tiny_net()
-    model.load_state_dict(state)
-    return model
+    return with_state(tiny_net, state)
 
 
 FAST = dict(method="pruner_network", epochs=2, max_batches=4, gate_batches=2, search_trials=2, pruner_lr=0.05,
