@@ -18,8 +18,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/lenet5_digits.py
 
+# --dist loadgroup: the four >250 M-parameter zoo models run on one worker, one at a time.
+# --max-worker-restart 0: a crashed worker ends the run at once (with loadgroup, xdist waits forever).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 --dist loadgroup --max-worker-restart 0 -q
 
 # Torch-Pruning is the peer the benchmarks measure against: a bench extra, never a dependency.
 bench: $(STAMP)

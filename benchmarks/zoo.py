@@ -11,7 +11,7 @@ Pruning gets the layers that produce the outputs in ``ignored_layers`` (found by
 walking autograd back from the outputs to the first Conv/Linear: what its docs
 ask a user to list by hand).  Measured step, the same for both: from the ready
 nn.Module to the slim model (falf_fx: trace, analyse, L1 scores, plan, slim;
-Torch-Pruning: MetaPruner's DependencyGraph build and step()), after one
+Torch-Pruning: MetaPruner's DependencyGraph build and step(); both in place), after one
 warm-up run of the tool on a small net in the same process.  Success: falf_fx
 passes the exactness oracle on the plan it used; Torch-Pruning's model still
 runs and keeps every output shape.
@@ -165,9 +165,9 @@ def _slim(tool: str, model, x, ignored, phases: dict):
         lap("importance")
         plan = falf_fx.plan_by_ratio(analysis, scores, RATIO)
         lap("plan")
-        slim = falf_fx.slim(gm, plan)
+        slim = falf_fx.slim(gm, plan, inplace=True)  # in place, as Torch-Pruning works
         lap("slim")
-        return slim, (analysis, plan)
+        return slim, plan
     import torch_pruning as tp
     # (x,), not x: Torch-Pruning calls model(*example_inputs) first, and a batch-1 tensor unpacks into
     # an unbatched 3-D input that fully convolutional nets accept, leaving an empty dependency graph.
@@ -179,16 +179,19 @@ def _slim(tool: str, model, x, ignored, phases: dict):
     return model, pruner
 
 
-def _falf_checks(model, x, state) -> dict:
+def _falf_checks(original, x, slim, plan) -> dict:
+    """The oracle on the in-place slim model, against an unspent trace of the kept original."""
+    import falf_fx
     from falf_fx.flops import prunable_macs_share
     from falf_fx.testing import check_equivalence
-    analysis, plan = state
+    analysis = falf_fx.analyze(falf_fx.trace(original, x))
+    plan = falf_fx.PruningPlan.build(analysis, plan.removals)  # same graph, same group ids
     record = {"nodes": len(analysis.graph_module.graph.nodes), "groups": len(analysis.groups),
               "prunable_groups": len(analysis.prunable_groups), "channels_removed": plan.num_removed,
               "auto_leaves": sorted(analysis.graph_module.meta.get("falf_fx.auto_leaves", {})),
               "prunable_macs_share": round(prunable_macs_share(analysis, x), 4)}
     emit({"stage": "checking", **record})
-    oracle = check_equivalence(model, x, plan)
+    oracle = check_equivalence(original, x, plan, slim=slim)
     return {**record, "oracle_max_rel_diff": oracle.max_rel_diff}
 
 
@@ -244,7 +247,7 @@ def measure(tool: str, name: str, threads: int, repeats: int) -> None:
             ignored = _ignored_layers(tool, model, x)
             with torch.no_grad():
                 reference_shapes = [tuple(t.shape) for t in tree_flatten(model(x))[0]]
-            original = model if tool == "falf_fx" else copy.deepcopy(model)
+            original = copy.deepcopy(model)  # both tools slim in place
             phases: dict = {}
             with PeakMeter() as meter:
                 slim, state = _slim(tool, model, x, ignored, phases)
@@ -258,7 +261,7 @@ def measure(tool: str, name: str, threads: int, repeats: int) -> None:
                       ignored_layers=[f"{names[m]} ({type(m).__name__})" for m in ignored])
         emit(record)
         if tool == "falf_fx":
-            record.update(_falf_checks(model, x, state))
+            record.update(_falf_checks(original, x, slim, state))
         else:
             record.update(_tp_checks(original, x, slim, state, reference_shapes))
         before, after = count_cost(original, x), count_cost(slim, x)
@@ -341,6 +344,7 @@ def main() -> None:
                         "after a warm-up run of the tool on a small net (one-off costs: warmup_s)",
                 "peak_memory": "largest over the runs of VmHWM minus VmRSS at the start of the step (freed memory "
                                "handed back by malloc_trim, peak reset via /proc/self/clear_refs)",
+                "falf_fx_setup": "trace, analyze, group_importance('l1'), plan_by_ratio(0.5), slim(inplace=True)",
                 "torch_pruning_setup": "MetaPruner, MagnitudeImportance(p=1), pruning_ratio=0.5, example_inputs=(x,), "
                                        "ignored_layers = the layers producing the outputs, no num_heads"}
 

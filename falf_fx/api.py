@@ -24,9 +24,13 @@ def analyze(gm: fx.GraphModule) -> Analysis:
     return analyze_graph(gm)
 
 
-def slim(gm: fx.GraphModule, plan: PruningPlan) -> fx.GraphModule:
-    """A new GraphModule with the plan's channels physically removed (``gm`` is untouched)."""
-    return slim_graph_module(gm, plan)
+def slim(gm: fx.GraphModule, plan: PruningPlan, *, inplace: bool = False) -> fx.GraphModule:
+    """A new GraphModule with the plan's channels physically removed (``gm`` is untouched).
+
+    ``inplace=True`` slims ``gm`` itself instead: no copy, the full-size tensors
+    freed one by one; ``gm``, the model it was traced from and the plan are spent.
+    """
+    return slim_graph_module(gm, plan, inplace=inplace)
 
 
 def _ignored_groups(analysis: Analysis, ignore: Sequence[Union[str, nn.Module]]) -> frozenset[int]:
@@ -52,12 +56,13 @@ def _ignored_groups(analysis: Analysis, ignore: Sequence[Union[str, nn.Module]])
 
 def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importance: str = "l1", seed: int = 0,
           ignore: Sequence[Union[str, nn.Module]] = (), round_to: Optional[int] = None,
-          leaf_modules: Sequence[LeafSpec] = ()) -> fx.GraphModule:
+          leaf_modules: Sequence[LeafSpec] = (), inplace: bool = False) -> fx.GraphModule:
     """Remove ``ratio`` of the channels of every prunable group, least important first.
 
     Importance is summed over every parameter a group slices (``l1``, ``l2``) or
     drawn at random from ``seed``.  The model's outputs are never pruned, nor are
-    groups touching a module named in ``ignore``.
+    groups touching a module named in ``ignore``.  ``inplace=True`` reuses
+    ``model``'s modules for the slim one (no copy, less memory; ``model`` is spent).
     """
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
@@ -65,4 +70,4 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importan
     analysis = analyze_graph(gm)
     scores = group_importance(analysis, importance, seed)
     plan = plan_by_ratio(analysis, scores, ratio, round_to, _ignored_groups(analysis, ignore))
-    return slim_graph_module(gm, plan)
+    return slim_graph_module(gm, plan, inplace=inplace)

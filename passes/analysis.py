@@ -152,6 +152,7 @@ def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str
                auto_leaves: dict[str, str]) -> dict[fx.Node, Any]:
     layouts: dict[fx.Node, Any] = {}
     counts: dict[fx.Node, Any] = {}  # int-valued nodes -> the channel counts they were computed from
+    modules = dict(gm.named_modules(remove_duplicate=False))
     for node in gm.graph.nodes:
         if node.op == "placeholder" and "val" not in node.meta:
             raise ValueError(f"{node_where(node)} has no shape information: trace the model with "
@@ -176,7 +177,7 @@ def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str
             ctx.freeze_value([layouts.get(n) for n in node.all_input_nodes], "model output")
             freeze_counts(space, node, counts, "model output")
         else:
-            rule = rule_for(node, gm)
+            rule = rule_for(node, modules)
             if rule is None or not rule.takes_sizes:
                 freeze_counts(space, node, counts, ctx.where)
             if rule is None:

@@ -64,28 +64,54 @@ def _slim_view(analysis: Analysis, removed: np.ndarray) -> SlimView:
     return SlimView(kept, slim_value)
 
 
-def _sliced_tensors(gm: fx.GraphModule, analysis: Analysis, removed: np.ndarray) -> tuple[dict[int, Any], dict]:
-    """The slim version of every tensor the plan cuts, keyed by the id of the full-size tensor.
-
-    Handed to ``deepcopy`` as its memo, so the copy starts with the slim tensors
-    and never holds a full-size copy of the ones it cuts (peak memory ~ the slim model).
-    """
+def _cuts(analysis: Analysis, removed: np.ndarray) -> dict[str, dict[int, np.ndarray]]:
+    """Kept indices per cut dim of every parameter or buffer the plan slices, by qualified name."""
     by_name: dict[str, dict[int, np.ndarray]] = {}
     for axis, atoms in analysis.param_axes.items():
         kept = ~removed[analysis.channel_of_atom[atoms]]
         if not kept.all():
             by_name.setdefault(axis.name, {})[axis.dim] = np.flatnonzero(kept)
+    return by_name
+
+
+def _slim_tensor(tensor: torch.Tensor, dims: dict[int, np.ndarray]) -> torch.Tensor:
+    sliced = _gather(tensor.detach(), dims)
+    return nn.Parameter(sliced, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else sliced
+
+
+def _sliced_tensors(gm: fx.GraphModule, cuts: dict[str, dict[int, np.ndarray]]) -> dict[int, Any]:
+    """The slim version of every tensor the plan cuts, keyed by the id of the full-size tensor.
+
+    Handed to ``deepcopy`` as its memo, so the copy starts with the slim tensors
+    and never holds a full-size copy of the ones it cuts (peak memory ~ the slim model).
+    """
     replacements: dict[int, Any] = {}
-    record = {}
-    for name, dims in by_name.items():
+    for name, dims in cuts.items():
         owner_name, _, attr = name.rpartition(".")
         tensor = getattr(gm.get_submodule(owner_name), attr)
-        sliced = _gather(tensor.detach(), dims)
-        if isinstance(tensor, nn.Parameter):
-            sliced = nn.Parameter(sliced, requires_grad=tensor.requires_grad)
-        replacements[id(tensor)] = sliced  # every alias of a tied tensor is this one object
-        record[name] = {dim: keep.tolist() for dim, keep in dims.items()}
-    return replacements, record
+        replacements[id(tensor)] = _slim_tensor(tensor, dims)  # every alias of a tied tensor is this one object
+    return replacements
+
+
+def _slice_in_place(gm: fx.GraphModule, cuts: dict[str, dict[int, np.ndarray]]) -> None:
+    """Swap every cut tensor for its slim version, one at a time, in every module that holds it.
+
+    Each full-size tensor is released as soon as its slim version is in place,
+    so slimming needs memory for one tensor at a time, not for the slim model.
+    """
+    holders: dict[int, list[tuple[dict, str]]] = {}  # tied tensors: every (store, key) holding one object
+    for module in gm.modules():
+        for store in (module._parameters, module._buffers):
+            for key, tensor in store.items():
+                if tensor is not None:
+                    holders.setdefault(id(tensor), []).append((store, key))
+    for name, dims in cuts.items():
+        owner_name, _, attr = name.rpartition(".")
+        tensor = getattr(gm.get_submodule(owner_name), attr)
+        sliced = _slim_tensor(tensor, dims)
+        for store, key in holders.pop(id(tensor), ()):
+            store[key] = sliced
+        del tensor, sliced
 
 
 def _gather(tensor: torch.Tensor, dims: dict[int, np.ndarray]) -> torch.Tensor:
@@ -126,44 +152,63 @@ def _first_tensor_arg(node: fx.Node) -> Optional[fx.Node]:
     return None
 
 
-def _check_shapes(slim: fx.GraphModule, view: SlimView) -> None:
+def _check_shapes(slim: fx.GraphModule, expected_shapes: dict[str, Any]) -> None:
+    """Every node's propagated shape against the one the analysis predicted (taken before slimming)."""
     for node in slim.graph.nodes:
         if node.op in ("output",) or "val" not in node.meta:
             continue
-        expected = view.slim_value(node.name)
+        expected = expected_shapes[node.name]
         got = fx.node.map_aggregate(node.meta["val"], lambda v: v.shape if isinstance(v, torch.Tensor) else v)
         if isinstance(expected, torch.Size) and torch.Size(got) != expected:
             raise SlimError(f"node '{node.name}' has shape {tuple(got)} after slimming, expected {tuple(expected)}; "
                             "this is a falf_fx bug, please report it with the model")
 
 
-def slim_graph_module(gm: fx.GraphModule, plan: PruningPlan, verify: bool = True) -> fx.GraphModule:
-    """Return a new GraphModule without the planned channels; ``gm`` is left untouched."""
+def slim_graph_module(gm: fx.GraphModule, plan: PruningPlan, verify: bool = True,
+                      inplace: bool = False) -> fx.GraphModule:
+    """The GraphModule without the planned channels.
+
+    By default a new module, ``gm`` untouched.  ``inplace=True`` slims ``gm``
+    itself and returns it: no copy, and each full-size tensor is freed as its
+    slim one replaces it (the way Torch-Pruning works).  ``gm`` shares its
+    submodules with the model it was traced from, so that model is spent too,
+    as are ``plan`` and its analysis.
+    """
     analysis = plan.analysis
     if [n.name for n in gm.graph.nodes] != [n.name for n in analysis.graph_module.graph.nodes]:
         raise ValueError("this plan was made for a different graph: analyse the module you slim")
+    if inplace and gm is not analysis.graph_module:
+        raise ValueError("inplace=True slims the very module the plan's analysis was made from")
     plan.validate()
     removed = plan.removed_channels()
     view = _slim_view(analysis, removed)
-    replacements, record = _sliced_tensors(gm, analysis, removed)
-    graph = copy.deepcopy(gm.graph)  # nodes' meta dicts are copied shallowly
+    expected = {n.name: view.slim_value(n.name) for n in gm.graph.nodes} if verify else {}
+    cuts = _cuts(analysis, removed)
+    modules = dict(gm.named_modules(remove_duplicate=False))
+    graph = gm.graph if inplace else copy.deepcopy(gm.graph)  # a copy's nodes share meta dicts shallowly
     for node in graph.nodes:
-        rule = rule_for(node, gm)
+        rule = rule_for(node, modules)
         if rule is not None and rule.rewrite_args is not None:
             rule.rewrite_args(node, view)
-    replacements[id(gm.graph)] = graph  # the copy compiles the rewritten graph once, no second recompile
-    slim = _copy_with(gm, replacements)
-    del replacements
+    if inplace:
+        _slice_in_place(gm, cuts)
+        gm.recompile()
+        slim = gm
+    else:
+        replacements = _sliced_tensors(gm, cuts)
+        replacements[id(gm.graph)] = graph  # the copy compiles the rewritten graph once, no second recompile
+        slim = _copy_with(gm, replacements)
+        del replacements
+        modules = dict(slim.named_modules(remove_duplicate=False))
     for node in slim.graph.nodes:
-        rule = rule_for(node, slim)
+        rule = rule_for(node, modules)
         if rule is not None and rule.refresh_module is not None and node.op == "call_module":
             source = _first_tensor_arg(node)
-            rule.refresh_module(slim.get_submodule(node.target), view.slim_value(source.name),
-                                view.slim_value(node.name))
+            rule.refresh_module(modules[node.target], view.slim_value(source.name), view.slim_value(node.name))
     slim.graph.lint()
-    slim.meta[REMOVED_KEY] = record
+    slim.meta[REMOVED_KEY] = {name: {dim: keep.tolist() for dim, keep in dims.items()} for name, dims in cuts.items()}
     slim.meta.pop("falf_fx.analysis", None)
     if verify:
         propagate_shapes(slim, fake_inputs_like(gm))
-        _check_shapes(slim, view)
+        _check_shapes(slim, expected)
     return slim

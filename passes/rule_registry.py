@@ -15,7 +15,7 @@ Ops without a rule are *unknown*: their channels are frozen, never guessed.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -164,10 +164,13 @@ def register_rule(*targets: Any, propagate: Callable[[RuleContext], Any],
     return rule
 
 
-def rule_for(node: fx.Node, root: nn.Module) -> Optional[OpRule]:
-    """The rule for a node, or None when the op is unknown (exact types only)."""
+def rule_for(node: fx.Node, modules: Mapping[str, nn.Module]) -> Optional[OpRule]:
+    """The rule for a node, or None when the op is unknown (exact types only).
+
+    ``modules``: the root's ``dict(named_modules(remove_duplicate=False))``, built once per pass.
+    """
     if node.op == "call_module":
-        return _REGISTRY.modules.get(type(root.get_submodule(node.target)))
+        return _REGISTRY.modules.get(type(modules[node.target]))
     if node.op == "call_function":
         return _REGISTRY.functions.get(node.target)
     if node.op == "call_method":

@@ -113,3 +113,69 @@ def test_magnitude_importance_sums_every_slice_of_a_channel(kind, power):
              *(p.detach().double().abs().pow(power) for p in (conv.bias, bn.weight, bn.bias))]
     expected = torch.stack(parts).sum(0).numpy()
     np.testing.assert_allclose(scores, expected if power == 1 else np.sqrt(expected), rtol=1e-12)
+
+
+def _copy_and_plan(model, x, seed=2):
+    """A kept copy of ``model`` and a random plan on an unspent trace of ``model``."""
+    import copy
+    keep = copy.deepcopy(model)
+    gm = falf_fx.trace(model, x)
+    return keep, gm, falf_fx.random_plan(falf_fx.analyze(gm), seed=seed)
+
+
+def test_inplace_slim_equals_the_copying_slim_and_reuses_the_modules(model_and_input):
+    model, x = model_and_input
+    keep, gm, plan = _copy_and_plan(randomize_norms(resnet20()).eval(), x)
+    copied = falf_fx.slim(gm, plan)
+    conv = gm.get_submodule("layer1.0.conv1")
+    slim = falf_fx.slim(gm, plan, inplace=True)
+    assert slim is gm and slim.get_submodule("layer1.0.conv1") is conv  # no copy of any module
+    assert conv.weight.shape == copied.get_submodule("layer1.0.conv1").weight.shape
+    assert slim.meta["falf_fx.removed"] == copied.meta["falf_fx.removed"]
+    with torch.no_grad():
+        assert torch.equal(slim.eval()(x), copied.eval()(x))
+    replan = falf_fx.PruningPlan.build(falf_fx.analyze(falf_fx.trace(keep, x)), plan.removals)
+    check_equivalence(keep, x, replan, slim=slim)  # exact against the kept original
+
+
+def test_inplace_slim_keeps_tied_tensors_tied():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 8, 3, padding=1)
+            self.c = nn.Conv2d(8, 8, 3, padding=1)
+            self.c.weight = self.b.weight  # one parameter, two modules
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            x = torch.relu(self.a(x))
+            return self.head(torch.relu(self.c(torch.relu(self.b(x)))))
+
+    x = torch.randn(1, 3, 8, 8)
+    keep, gm, plan = _copy_and_plan(Tied().eval(), x, seed=0)
+    assert plan.num_removed
+    slim = falf_fx.slim(gm, plan, inplace=True)
+    assert slim.b.weight is slim.c.weight
+    replan = falf_fx.PruningPlan.build(falf_fx.analyze(falf_fx.trace(keep, x)), plan.removals)
+    check_equivalence(keep, x, replan, slim=slim)
+
+
+def test_inplace_slim_refuses_a_module_the_plan_was_not_made_from(model_and_input):
+    model, x = model_and_input
+    gm = falf_fx.trace(model, x)
+    plan = falf_fx.random_plan(falf_fx.analyze(gm), seed=0)
+    other = falf_fx.trace(model, x)
+    with pytest.raises(ValueError, match="the very module"):
+        falf_fx.slim(other, plan, inplace=True)
+
+
+def test_check_equivalence_catches_a_wrong_slim_model(model_and_input):
+    model, x = model_and_input
+    gm = falf_fx.trace(model, x)
+    plan = falf_fx.random_plan(falf_fx.analyze(gm), seed=0)
+    slim = falf_fx.slim(gm, plan)
+    with torch.no_grad():
+        slim.fc.bias[0] += 1.0  # a slim model that is not the masked original
+    with pytest.raises(falf_fx.EquivalenceError, match="differs"):
+        check_equivalence(model, x, plan, slim=slim)
