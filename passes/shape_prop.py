@@ -102,6 +102,23 @@ def _linear_module_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _linear_shape(x, module.weight, module.bias)
 
 
+def _adaptive_avg_pool(spatial: int):
+    """F.adaptive_avg_pool{1,2,3}d's shape with the real kernel's checks (its meta kernel is a
+    decomposition through ``mean``, ~1.3 ms a call, and every squeeze-excitation block has one)."""
+
+    def shape(input: torch.Tensor, output_size) -> torch.Tensor:
+        sizes = (output_size,) * spatial if isinstance(output_size, int) else tuple(output_size)
+        if input.dim() not in (spatial + 1, spatial + 2) or len(sizes) != spatial or not input.is_floating_point():
+            raise RuntimeError(f"adaptive_avg_pool{spatial}d to {output_size} on a {input.dtype} input of shape "
+                               f"{tuple(input.shape)}")
+        if any(s == 0 for s in input.shape[-spatial:]) or any(s is not None and s < 0 for s in sizes):
+            raise RuntimeError(f"adaptive_avg_pool{spatial}d of an input of shape {tuple(input.shape)}")
+        kept = input.shape[-spatial:]
+        out = tuple(k if s is None else s for s, k in zip(sizes, kept))
+        return torch.empty((*input.shape[:-spatial], *out), dtype=input.dtype, device="meta")
+    return shape
+
+
 def _same_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not x.is_floating_point():
         raise RuntimeError(f"{type(module).__name__} on a {x.dtype} tensor")
@@ -137,6 +154,11 @@ _BROADCASTING = frozenset((
     torch.maximum, torch.minimum, "add", "sub", "mul", "div"))  # not in place: those keep the first shape
 
 _LINEAR = frozenset((F.linear, torch._C._nn.linear))
+_ADAPTIVE_AVG_POOL = {F.adaptive_avg_pool1d: _adaptive_avg_pool(1), F.adaptive_avg_pool2d: _adaptive_avg_pool(2),
+                      F.adaptive_avg_pool3d: _adaptive_avg_pool(3)}
+_ADAPTIVE_AVG_POOL_MODULES = {nn.AdaptiveAvgPool1d: _ADAPTIVE_AVG_POOL[F.adaptive_avg_pool1d],
+                              nn.AdaptiveAvgPool2d: _ADAPTIVE_AVG_POOL[F.adaptive_avg_pool2d],
+                              nn.AdaptiveAvgPool3d: _ADAPTIVE_AVG_POOL[F.adaptive_avg_pool3d]}
 
 
 def _broadcast_operands(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
@@ -195,6 +217,9 @@ class _MetaInterpreter(_RecordingInterpreter):
         shape_only = _SHAPE_ONLY.get(type(module))
         if shape_only is not None and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
             return shape_only(module, args[0])
+        pool = _ADAPTIVE_AVG_POOL_MODULES.get(type(module))
+        if pool is not None and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+            return pool(args[0], module.output_size)
         return super().call_module(target, args, kwargs)
 
     def call_function(self, target, args, kwargs):
@@ -203,6 +228,9 @@ class _MetaInterpreter(_RecordingInterpreter):
             return _linear_shape(*args)
         if target is F.layer_norm and args and isinstance(args[0], torch.Tensor):
             return _layer_norm_call(*args, **kwargs)
+        pool = _ADAPTIVE_AVG_POOL.get(target)
+        if pool is not None and args and isinstance(args[0], torch.Tensor):
+            return pool(*args, **kwargs)
         if target in _ELEMENTWISE and (first := _alike_operands(args, kwargs)) is not None:
             return _empty_meta(first)
         if target in _BROADCASTING and (result := _broadcast_operands(args, kwargs)) is not None:
