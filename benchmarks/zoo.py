@@ -18,6 +18,8 @@ runs and keeps every output shape.
 
     python benchmarks/zoo.py                           # the whole zoo
     python benchmarks/zoo.py resnet18 det:ssd300_vgg16 # some rows (merged into zoo.json)
+    python benchmarks/zoo.py --shard 1/2 & python benchmarks/zoo.py --shard 2/2; python benchmarks/zoo.py --merge
+                                                       # two children at a time, one per core (half the wall time)
 
 Every row names its run (start time and commit); the summary covers the rows
 of the latest run only, so rows kept from earlier runs never mix into it.
@@ -317,9 +319,14 @@ def main() -> None:
     parser.add_argument("--total-timeout", type=float, default=1200, help="seconds for one child, checks included")
     parser.add_argument("--mem-limit", type=float, default=14, help="GiB of resident memory per child")
     parser.add_argument("--note", help="free text stored with the machine facts (e.g. 'shared machine')")
+    parser.add_argument("--shard", metavar="K/N", help="every N-th model from the K-th, into zoo.shardKofN.json")
+    parser.add_argument("--merge", action="store_true", help="fold the shard files into zoo.json and remove them")
     args = parser.parse_args()
     if args.child:
         measure(*args.child, args.threads, args.repeats)
+        return
+    if args.merge:
+        merge_shards()
         return
 
     import json
@@ -330,11 +337,15 @@ def main() -> None:
     from harness import RESULTS
 
     names = args.models or all_models()
+    out = "zoo.json"
+    if args.shard:
+        k, n = (int(v) for v in args.shard.split("/"))
+        names, out = names[k - 1::n], f"zoo.shard{k}of{n}.json"
     facts = machine(args.threads, args.note)  # load averages before the run
     run = _run_id()
-    path = RESULTS / "zoo.json"
+    path = RESULTS / out
     kept = {}  # a partial run replaces its own rows only; a full run starts afresh
-    if args.models and path.exists():
+    if args.models and not args.shard and path.exists():
         kept = {r["model"]: {"run": "unrecorded", **r} for r in json.loads(path.read_text())["rows"]}
     settings = {"ratio": RATIO, "importance": "l1", "torch_pruning": _version("torch-pruning"),
                 "falf_fx": _version("falf_fx"), "torchvision": _version("torchvision"), "threads": args.threads,
@@ -357,7 +368,7 @@ def main() -> None:
                    "progress": {"run": run, "requested": len(names), "finished": len(rows)},
                    "summary": {"run": run, **summarise(rows)},  # this run's rows: same code, same machine state
                    "rows": all_rows}
-        write_json("zoo.json", payload)
+        write_json(out, payload)
         return payload
 
     console = Console()
@@ -380,6 +391,31 @@ def main() -> None:
             console.print(f"{name:40s} " + " | ".join(cells), highlight=False, soft_wrap=True)
             progress.advance(task)
     console.print_json(json.dumps(payload["summary"]))
+
+
+def merge_shards() -> None:
+    """zoo.json from the shard files: their rows, one summary over all of them (same code, same machine)."""
+    import json
+
+    from harness import RESULTS
+    shards = sorted(RESULTS.glob("zoo.shard*of*.json"))
+    if not shards:
+        raise SystemExit("no zoo.shard*of*.json files to merge")
+    parts = [json.loads(p.read_text()) for p in shards]
+    rows = [row for part in parts for row in part["rows"]]
+    order = {name: i for i, name in enumerate(all_models())}
+    rows.sort(key=lambda r: order.get(r["model"], len(order)))
+    runs = sorted({part["progress"]["run"] for part in parts})
+    machine_facts = {**parts[0]["machine"], "shards": [{"file": p.name, "machine": part["machine"]}
+                                                       for p, part in zip(shards, parts)]}
+    payload = {"machine": machine_facts, "settings": {**parts[0]["settings"], "shards": len(parts)},
+               "progress": {"run": " + ".join(runs), "requested": sum(p["progress"]["requested"] for p in parts),
+                            "finished": len(rows)},
+               "summary": {"run": " + ".join(runs), **summarise(rows)}, "rows": rows}
+    write_json("zoo.json", payload)
+    for path in shards:
+        path.unlink()
+    print(json.dumps(payload["summary"], indent=1))
 
 
 def _run_id() -> str:
