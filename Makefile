@@ -28,7 +28,8 @@ bench: $(STAMP)
 	$(PY) -c "import torch_pruning" 2>/dev/null || $(PY) -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/latency.py
-	$(PY) benchmarks/zoo.py
+	$(PY) benchmarks/zoo.py --shard 1/2 & $(PY) benchmarks/zoo.py --shard 2/2; wait
+	$(PY) benchmarks/zoo.py --merge
 	cd benchmarks && ../$(PY) hetconv.py macs latency train
 
 # The training benchmarks (hours on 2 CPU cores; pretrained weights shared through one cache folder).
