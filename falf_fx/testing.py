@@ -5,7 +5,6 @@ valid plan and proves the rewrite exact on their own network.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -16,6 +15,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from passes.analysis import Analysis, analyze_graph
+from passes.modes import eval_mode
 from passes.plan import PruningPlan
 from passes.rewrite import slim_graph_module
 
@@ -107,19 +107,6 @@ class _MaskedFloat64(MaskedReference, Float64Interpreter):
     """The masked original, in float64."""
 
 
-@contextlib.contextmanager
-def _eval_mode(*modules: nn.Module):
-    """Every module in eval mode while the block runs, each one's own mode restored after."""
-    modes = [(m, m.training) for root in modules for m in root.modules()]
-    try:
-        for root in modules:
-            root.eval()
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
 def check_equivalence(model: nn.Module, example_inputs: Any, plan: Optional[PruningPlan] = None, *,
                       seed: int = 0, rtol: float = 1e-6, analysis: Optional[Analysis] = None,
                       slim: Optional[fx.GraphModule] = None) -> EquivalenceResult:
@@ -138,10 +125,10 @@ def check_equivalence(model: nn.Module, example_inputs: Any, plan: Optional[Prun
         raise TypeError(f"slim must be the GraphModule falf_fx returned, not {type(slim).__name__}")
     gm = plan.analysis.graph_module
     inputs64 = tuple(_double(x) for x in inputs)
-    with torch.no_grad(), _eval_mode(gm):
+    with torch.no_grad(), eval_mode(gm):
         expected, _ = tree_flatten(_MaskedFloat64(plan, gm).run(*inputs64))
     slim = slim if slim is not None else slim_graph_module(gm, plan)
-    with torch.no_grad(), _eval_mode(slim):
+    with torch.no_grad(), eval_mode(slim):
         got, _ = tree_flatten(Float64Interpreter(slim).run(*inputs64))
     if len(expected) != len(got):
         raise EquivalenceError(f"the slim model returns {len(got)} outputs, the original {len(expected)}")

@@ -34,6 +34,7 @@ import torch
 from torch import fx, nn
 
 from .analysis import Analysis, analyze_graph
+from .modes import eval_mode
 from .channel_space import ParamAxis
 from .plan import PlanError, PruningPlan
 
@@ -106,17 +107,14 @@ def measure_inputs(gm: fx.GraphModule, consumers: Mapping[str, np.ndarray],
 
     handles = [gm.get_submodule(name).register_forward_pre_hook(hook(name, gm.get_submodule(name)))
                for name in consumers]
-    modes = {m: m.training for m in gm.modules()}
-    gm.eval()
     try:
-        for batch in batches:
-            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            gm(inputs)
+        with eval_mode(gm):
+            for batch in batches:
+                inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+                gm(inputs)
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
     if consumers and not counts:
         raise ValueError("measure_inputs got no batches: pass at least one batch of model inputs")
     return {name: (sums[name] / counts[name])[torch.as_tensor(positions)] for name, positions in consumers.items()}

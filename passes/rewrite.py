@@ -79,6 +79,11 @@ def _slim_tensor(tensor: torch.Tensor, dims: dict[int, np.ndarray]) -> torch.Ten
     return nn.Parameter(sliced, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else sliced
 
 
+def _named_tensor(gm: fx.GraphModule, name: str) -> torch.Tensor:
+    owner_name, _, attr = name.rpartition(".")
+    return getattr(gm.get_submodule(owner_name), attr)
+
+
 def _sliced_tensors(gm: fx.GraphModule, cuts: dict[str, dict[int, np.ndarray]]) -> dict[int, Any]:
     """The slim version of every tensor the plan cuts, keyed by the id of the full-size tensor.
 
@@ -87,8 +92,7 @@ def _sliced_tensors(gm: fx.GraphModule, cuts: dict[str, dict[int, np.ndarray]]) 
     """
     replacements: dict[int, Any] = {}
     for name, dims in cuts.items():
-        owner_name, _, attr = name.rpartition(".")
-        tensor = getattr(gm.get_submodule(owner_name), attr)
+        tensor = _named_tensor(gm, name)
         replacements[id(tensor)] = _slim_tensor(tensor, dims)  # every alias of a tied tensor is this one object
     return replacements
 
@@ -106,8 +110,7 @@ def _slice_in_place(gm: fx.GraphModule, cuts: dict[str, dict[int, np.ndarray]]) 
                 if tensor is not None:
                     holders.setdefault(id(tensor), []).append((store, key))
     for name, dims in cuts.items():
-        owner_name, _, attr = name.rpartition(".")
-        tensor = getattr(gm.get_submodule(owner_name), attr)
+        tensor = _named_tensor(gm, name)
         sliced = _slim_tensor(tensor, dims)
         for store, key in holders.pop(id(tensor), ()):
             store[key] = sliced

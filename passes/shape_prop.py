@@ -22,6 +22,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .errors import FalfError
+from .modes import eval_mode
 
 __all__ = ["ShapePropagationError", "propagate_shapes", "fake_inputs_like"]
 
@@ -119,6 +120,11 @@ def _adaptive_avg_pool(spatial: int):
     return shape
 
 
+def _adaptive_avg_pool_module(spatial: int):
+    pool = _adaptive_avg_pool(spatial)
+    return lambda module, x: pool(x, module.output_size)
+
+
 def _same_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not x.is_floating_point():
         raise RuntimeError(f"{type(module).__name__} on a {x.dtype} tensor")
@@ -126,12 +132,14 @@ def _same_shape(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # Exact module types whose output shape is computed here, with the real kernel's
-# checks (all but Linear keep the input's shape and dtype).  Their meta kernels
+# checks (all but Linear and adaptive pooling keep the input's shape and dtype).  Their meta kernels
 # are Python decompositions (prims), slower than the rest of the graph.
 _SHAPE_ONLY = {
     **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _batch_norm_shape),
     nn.LayerNorm: _layer_norm_shape,
     nn.Linear: _linear_module_shape,
+    nn.AdaptiveAvgPool1d: _adaptive_avg_pool_module(1), nn.AdaptiveAvgPool2d: _adaptive_avg_pool_module(2),
+    nn.AdaptiveAvgPool3d: _adaptive_avg_pool_module(3),
     **dict.fromkeys((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid,
                      nn.Tanh, nn.ELU, nn.Mish, nn.Hardtanh, nn.Dropout, nn.Identity), _same_shape),
 }
@@ -156,9 +164,7 @@ _BROADCASTING = frozenset((
 _LINEAR = frozenset((F.linear, torch._C._nn.linear))
 _ADAPTIVE_AVG_POOL = {F.adaptive_avg_pool1d: _adaptive_avg_pool(1), F.adaptive_avg_pool2d: _adaptive_avg_pool(2),
                       F.adaptive_avg_pool3d: _adaptive_avg_pool(3)}
-_ADAPTIVE_AVG_POOL_MODULES = {nn.AdaptiveAvgPool1d: _ADAPTIVE_AVG_POOL[F.adaptive_avg_pool1d],
-                              nn.AdaptiveAvgPool2d: _ADAPTIVE_AVG_POOL[F.adaptive_avg_pool2d],
-                              nn.AdaptiveAvgPool3d: _ADAPTIVE_AVG_POOL[F.adaptive_avg_pool3d]}
+
 
 
 def _broadcast_operands(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
@@ -217,9 +223,6 @@ class _MetaInterpreter(_RecordingInterpreter):
         shape_only = _SHAPE_ONLY.get(type(module))
         if shape_only is not None and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
             return shape_only(module, args[0])
-        pool = _ADAPTIVE_AVG_POOL_MODULES.get(type(module))
-        if pool is not None and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
-            return pool(args[0], module.output_size)
         return super().call_module(target, args, kwargs)
 
     def call_function(self, target, args, kwargs):
@@ -279,9 +282,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor])
     module's mode, and every buffer if a fallback ran on the real ones:
     analysing a model must not change it.
     """
-    modes = {name: m.training for name, m in gm.named_modules()}
-    gm.eval()
-    try:
+    with eval_mode(gm):
         if not _propagate_meta(gm, example_inputs):
             saved = {name: buffer.clone() for name, buffer in gm.named_buffers()}
             try:
@@ -291,9 +292,6 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor])
                     for name, buffer in gm.named_buffers():
                         if name in saved:
                             buffer.copy_(saved[name])
-    finally:
-        for name, m in gm.named_modules():
-            m.training = modes.get(name, m.training)
 
 
 def _clear(gm: fx.GraphModule) -> None:

@@ -32,6 +32,7 @@ import torch
 
 from passes.analysis import Analysis
 from passes.fold_constants import fold_constants, measure_inputs, removed_inputs
+from passes.modes import eval_mode
 from passes.plan import PruningPlan
 
 from ..planning import plan_for_macs
@@ -194,13 +195,7 @@ class PlayAndPrune:
 @torch.no_grad()
 def _removal_error(before: torch.nn.Module, folded: torch.nn.Module, plan: PruningPlan, x: torch.Tensor) -> float:
     """How much removing the zeroed filters (after folding) changes the outputs: max |diff| / max |output|."""
-    modes = {m: m.training for m in itertools.chain(before.modules(), folded.modules())}
-    before.eval()
-    folded.eval()
-    try:
+    with eval_mode(before, folded):
         want = before(x)
         got = MaskedReference(plan, folded).run(x)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
