@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -25,8 +25,10 @@ AUTO_LEAVES_KEY = "falf_fx.auto_leaves"  # gm.meta entry written by capture: {mo
 ANALYSIS_KEY = "falf_fx.analysis"
 
 
-@dataclass(frozen=True)
-class GroupMember:
+Axis = tuple[str, str, int, np.ndarray]  # (kind, name, dim, atoms): one axis of a parameter or node output
+
+
+class GroupMember(NamedTuple):
     """One axis (of a parameter or of a node's output) touched by a group, with its index map.
 
     ``positions[i]`` along ``dim`` belongs to the group's channel ``channels[i]``.
@@ -48,13 +50,18 @@ class ChannelGroup:
     frozen: np.ndarray  # bool per channel
     reasons: tuple[str, ...]
     producers: tuple[str, ...]
-    param_members: tuple[GroupMember, ...]
-    tensor_members_of: "TensorMembers" = field(repr=False, compare=False)
+    param_index: "MemberIndex" = field(repr=False, compare=False)
+    tensor_index: "MemberIndex" = field(repr=False, compare=False)
+
+    @property
+    def param_members(self) -> tuple[GroupMember, ...]:
+        """The parameter axes this group slices, in the order the parameters were first read."""
+        return self.param_index(self.id)
 
     @property
     def members(self) -> tuple[GroupMember, ...]:
         """Parameter axes first, then the axes of node outputs."""
-        return self.param_members + self.tensor_members_of(self.id)
+        return self.param_members + self.tensor_index(self.id)
 
     @property
     def size(self) -> int:
@@ -69,24 +76,78 @@ class ChannelGroup:
         return self.num_prunable > 0
 
 
-class TensorMembers:
-    """The node-output members of every group, built together on first use.
+class MemberIndex:
+    """Where each group lies on a list of axes; a group's GroupMembers are made when first read.
 
-    Pruning only needs parameter members; a DenseNet's concatenations give
-    quadratically many tensor members, so nobody pays for them unasked.
+    A DenseNet's concatenations make (axis, group) pairs quadratic in depth (every
+    layer's input axis spans each earlier layer's group): they are found in one
+    vectorised pass over the axes' positions as runs of one group, and objects are
+    only made for the groups somebody reads.  A ``lazy`` index calls ``axes_of`` on
+    first use (node-output members: nobody pays for them unasked).
     """
 
-    def __init__(self, layouts: dict[fx.Node, Any], channel_of: np.ndarray, group_of: np.ndarray,
-                 index_in_group: np.ndarray) -> None:
-        self._args = (layouts, channel_of, group_of, index_in_group)
-        self._found: Optional[dict[int, tuple[GroupMember, ...]]] = None
+    def __init__(self, axes_of: Callable[[], list[Axis]], channel_of: np.ndarray, group_of: np.ndarray,
+                 index_in_group: np.ndarray, *, lazy: bool = False) -> None:
+        self._axes_of = axes_of
+        self._maps = (channel_of, group_of, index_in_group)
+        self._axes: Optional[list[Axis]] = None
+        self._made: dict[int, tuple[GroupMember, ...]] = {}
+        if not lazy:
+            self._index()
 
     def __call__(self, gid: int) -> tuple[GroupMember, ...]:
-        if self._found is None:
-            layouts, channel_of, group_of, index_in_group = self._args
-            found = _members(_tensor_axes(layouts), channel_of, group_of, index_in_group)
-            self._found = {g: tuple(m) for g, m in found.items()}
-        return self._found.get(gid, ())
+        made = self._made.get(gid)
+        if made is None:
+            if self._axes is None:
+                self._index()
+            made = self._made[gid] = self._make(gid)
+        return made
+
+    def _index(self) -> None:
+        axes = self._axes_of()
+        channel_of, group_of, index_in_group = self._maps
+        lengths = np.array([atoms.size for *_, atoms in axes], dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths
+        total = int(lengths.sum())
+        channels = channel_of[np.concatenate([atoms.ravel() for *_, atoms in axes])] if total else \
+            np.zeros(0, dtype=np.int64)
+        gids = group_of[channels]
+        self._in_group = index_in_group[channels].astype(np.int32 if channels.size < 2 ** 31 else np.int64)
+        starts_run = np.ones(total, dtype=bool)
+        np.not_equal(gids[1:], gids[:-1], out=starts_run[1:])
+        starts_run[starts[lengths > 0]] = True  # every axis starts a run
+        begins = np.flatnonzero(starts_run)
+        ends = np.append(begins[1:], total)
+        grouped = gids[begins] >= 0
+        begins, ends, run_gid = begins[grouped], ends[grouped], gids[begins[grouped]]
+        run_axis = np.searchsorted(starts, begins, side="right") - 1  # empty axes share the next one's start
+        order = np.lexsort((run_axis, run_gid))  # by group, then axis; stable: positions stay ascending
+        self._begins, self._ends = begins[order], ends[order]
+        self._run_axis, run_gid = run_axis[order], run_gid[order]
+        new_member = np.ones(order.size, dtype=bool)
+        new_member[1:] = (run_gid[1:] != run_gid[:-1]) | (self._run_axis[1:] != self._run_axis[:-1])
+        self._member_first_run = np.append(np.flatnonzero(new_member), order.size)
+        member_gid = run_gid[self._member_first_run[:-1]]
+        self._group_first_member = np.searchsorted(member_gid, np.arange(int(group_of.max(initial=-1)) + 2))
+        self._starts = starts
+        self._axes = axes
+
+    def _make(self, gid: int) -> tuple[GroupMember, ...]:
+        """All of a group's members from one gather; each member's arrays are read-only views into it."""
+        first, last = self._group_first_member[gid], self._group_first_member[gid + 1]
+        member_runs = self._member_first_run[first:last + 1] - self._member_first_run[first]  # + the end
+        runs = slice(self._member_first_run[first], self._member_first_run[last])
+        begins, lengths, axis = self._begins[runs], self._ends[runs] - self._begins[runs], self._run_axis[runs]
+        run_offset = np.repeat(begins - (np.cumsum(lengths) - lengths), lengths)
+        flat = np.arange(int(lengths.sum()), dtype=np.int64) + run_offset  # positions over all axes
+        positions = _readonly(flat - np.repeat(self._starts[axis], lengths))
+        channels = _readonly(self._in_group[flat].astype(np.int64))
+        bounds = np.append(0, np.cumsum(lengths)[member_runs[1:] - 1]).tolist()
+        made = []
+        for lo, hi, a in zip(bounds[:-1], bounds[1:], axis[member_runs[:-1]].tolist()):
+            kind, name, dim, _ = self._axes[a]
+            made.append(GroupMember(kind, name, dim, positions[lo:hi], channels[lo:hi]))
+        return tuple(made)
 
 
 @dataclass
@@ -142,10 +203,12 @@ def _unknown_reason(node: fx.Node, auto_leaves: dict[str, str]) -> str:
 
 
 def _touches_tensors(node: fx.Node) -> bool:
-    values = [node.meta.get("val")] + [n.meta.get("val") for n in node.all_input_nodes]
-    found = []
-    fx.node.map_aggregate(values, lambda v: found.append(v) if isinstance(v, torch.Tensor) else None)
-    return bool(found)
+    """Whether the node makes or reads a tensor (stops at the first: a DenseNet concatenation reads hundreds)."""
+    def holds_tensor(value: Any) -> bool:
+        found = []
+        fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, torch.Tensor) else None)
+        return bool(found)
+    return any(holds_tensor(n.meta.get("val")) for n in (node, *node.all_input_nodes))
 
 
 def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str],
@@ -230,40 +293,12 @@ def _frozen(space: ChannelSpace, channel_of: np.ndarray, group_of: np.ndarray,
     return frozen, reasons_of
 
 
-def _members(axes: list[tuple[str, str, int, np.ndarray]], channel_of: np.ndarray, group_of: np.ndarray,
-             index_in_group: np.ndarray) -> dict[int, list[GroupMember]]:
-    """Split every axis by group, all axes at once; a group's members keep the order of ``axes``.
-
-    Each member's arrays are read-only views into two shared arrays.
-    """
-    found: dict[int, list[GroupMember]] = defaultdict(list)
-    if not axes:
-        return found
-    lengths = np.array([atoms.size for *_, atoms in axes], dtype=np.int64)
-    starts = np.cumsum(lengths) - lengths
-    axis_of = np.repeat(np.arange(len(axes)), lengths)
-    position = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
-    channels = channel_of[np.concatenate([atoms.ravel() for *_, atoms in axes])]
-    gids = group_of[channels]
-    order = np.lexsort((gids, axis_of))  # by axis, then group; positions stay ascending (stable)
-    axis_of, gids, position = axis_of[order], gids[order], _readonly(position[order])
-    in_group = _readonly(index_in_group[channels[order]])
-    cuts = np.flatnonzero((axis_of[1:] != axis_of[:-1]) | (gids[1:] != gids[:-1])) + 1
-    begins = np.concatenate([[0], cuts])
-    ends = np.concatenate([cuts, [order.size]])
-    for begin, end, gid, axis in zip(begins.tolist(), ends.tolist(), gids[begins].tolist(), axis_of[begins].tolist()):
-        if gid >= 0:
-            kind, name, dim, _ = axes[axis]
-            found[gid].append(GroupMember(kind, name, dim, position[begin:end], in_group[begin:end]))
-    return found
-
-
 def _readonly(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False
     return array
 
 
-def _tensor_axes(layouts: dict[fx.Node, Any]) -> list[tuple[str, str, int, np.ndarray]]:
+def _tensor_axes(layouts: dict[fx.Node, Any]) -> list[Axis]:
     axes = []
     for node, layout in layouts.items():
         items = [(node.name, layout)] if isinstance(layout, dict) else [
@@ -292,14 +327,14 @@ def analyze_graph(gm: fx.GraphModule) -> Analysis:
     frozen_channel, reasons_of = _frozen(space, channel_of, group_of, n_channels)
 
     param_axes = [("param", axis.name, axis.dim, atoms) for axis, atoms in space.param_axes.items()]
-    members = _members(param_axes, channel_of, group_of, index_in_group)
-    tensor_members = TensorMembers(layouts, channel_of, group_of, index_in_group)
+    param_index = MemberIndex(lambda: param_axes, channel_of, group_of, index_in_group)
+    tensor_index = MemberIndex(lambda: _tensor_axes(layouts), channel_of, group_of, index_in_group, lazy=True)
 
     grouped = np.argsort(group_of, kind="stable")[int((group_of < 0).sum()):]  # by group, channels ascending
     channels_of = np.split(grouped, np.cumsum(np.bincount(group_of[grouped], minlength=n_groups))[:-1]) \
         if n_groups else []
     groups = [ChannelGroup(gid, channels, frozen_channel[channels], tuple(reasons_of[gid]), tuple(owners_of[gid]),
-                           tuple(members[gid]), tensor_members)
+                           param_index, tensor_index)
               for gid, channels in enumerate(channels_of)]
     return Analysis(gm, tuple(groups), {n.name: layouts.get(n) for n in gm.graph.nodes}, dict(space.param_axes),
                     aliases, channel_of, group_of, index_in_group, auto_leaves)

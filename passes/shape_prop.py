@@ -120,6 +120,32 @@ def _adaptive_avg_pool(spatial: int):
     return shape
 
 
+def _cat_shape(tensors, dim: int = 0, **others) -> Optional[torch.Tensor]:
+    """torch.cat's shape with the real kernel's checks (its meta kernel is a Python reference, ~7 ms a call
+    on a deep DenseNet's concatenations).  None: an unusual mix (dtypes to promote, legacy empty 1-D
+    tensors, non-contiguous layouts) the kernel decides."""
+    if others or not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(dim, int):
+        return None
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor) or first.dim() == 0:
+        return None
+    rank, dtype, device = first.dim(), first.dtype, first.device
+    axis = dim + rank if dim < 0 else dim
+    if not 0 <= axis < rank:
+        raise IndexError(f"cat along dim {dim} of {rank}-D tensors")
+    head, tail, total = first.shape[:axis], first.shape[axis + 1:], 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device != device or not t.is_contiguous():
+            return None
+        shape = t.shape
+        if len(shape) != rank:
+            return None
+        if shape[:axis] != head or shape[axis + 1:] != tail:
+            raise RuntimeError(f"cat along dim {dim} of tensors of shapes {tuple(first.shape)} and {tuple(shape)}")
+        total += shape[axis]
+    return torch.empty((*head, total, *tail), dtype=dtype, device="meta")
+
+
 def _adaptive_avg_pool_module(spatial: int):
     pool = _adaptive_avg_pool(spatial)
     return lambda module, x: pool(x, module.output_size)
@@ -162,6 +188,7 @@ _BROADCASTING = frozenset((
     torch.maximum, torch.minimum, "add", "sub", "mul", "div"))  # not in place: those keep the first shape
 
 _LINEAR = frozenset((F.linear, torch._C._nn.linear))
+_CAT = frozenset((torch.cat, torch.concat, torch.concatenate))
 _ADAPTIVE_AVG_POOL = {F.adaptive_avg_pool1d: _adaptive_avg_pool(1), F.adaptive_avg_pool2d: _adaptive_avg_pool(2),
                       F.adaptive_avg_pool3d: _adaptive_avg_pool(3)}
 
@@ -213,7 +240,12 @@ def _alike_operands(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
 
 
 class _MetaInterpreter(_RecordingInterpreter):
-    """Plain tensor attributes go to meta too; some modules get a shape function instead of a forward."""
+    """Plain tensor attributes go to meta too; some modules get a shape function instead of a forward.
+
+    Only the real calls run under ``torch.device("meta")`` (factories inside a forward
+    must make meta tensors): under that mode every tensor attribute read, a shape
+    function's whole work, costs ~16x more.
+    """
 
     def fetch_attr(self, target: str):
         return _to_meta(super().fetch_attr(target))
@@ -223,7 +255,8 @@ class _MetaInterpreter(_RecordingInterpreter):
         shape_only = _SHAPE_ONLY.get(type(module))
         if shape_only is not None and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
             return shape_only(module, args[0])
-        return super().call_module(target, args, kwargs)
+        with torch.device("meta"):
+            return super().call_module(target, args, kwargs)
 
     def call_function(self, target, args, kwargs):
         if target in _LINEAR and not kwargs and all(isinstance(a, (torch.Tensor, type(None))) for a in args) \
@@ -231,6 +264,8 @@ class _MetaInterpreter(_RecordingInterpreter):
             return _linear_shape(*args)
         if target is F.layer_norm and args and isinstance(args[0], torch.Tensor):
             return _layer_norm_call(*args, **kwargs)
+        if target in _CAT and args and (result := _cat_shape(*args, **kwargs)) is not None:
+            return result
         pool = _ADAPTIVE_AVG_POOL.get(target)
         if pool is not None and args and isinstance(args[0], torch.Tensor):
             return pool(*args, **kwargs)
@@ -238,14 +273,16 @@ class _MetaInterpreter(_RecordingInterpreter):
             return _empty_meta(first)
         if target in _BROADCASTING and (result := _broadcast_operands(args, kwargs)) is not None:
             return result
-        return super().call_function(target, args, kwargs)
+        with torch.device("meta"):
+            return super().call_function(target, args, kwargs)
 
     def call_method(self, target, args, kwargs):
         if target in _ELEMENTWISE and (first := _alike_operands(args, kwargs)) is not None:
             return _empty_meta(first)
         if target in _BROADCASTING and (result := _broadcast_operands(args, kwargs)) is not None:
             return result
-        return super().call_method(target, args, kwargs)
+        with torch.device("meta"):
+            return super().call_method(target, args, kwargs)
 
 
 @contextlib.contextmanager
@@ -303,7 +340,7 @@ def _propagate_meta(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) 
     """True when the whole graph ran on meta tensors (nothing of the module's own is touched)."""
     _clear(gm)
     try:
-        with torch.no_grad(), torch.device("meta"), _meta_tensors(gm):
+        with torch.no_grad(), _meta_tensors(gm):
             _MetaInterpreter(gm).run(*_to_meta(list(example_inputs)))
         return True
     except Exception:  # noqa: BLE001 - an op without a meta kernel, or a leaf reading values: the fallbacks decide

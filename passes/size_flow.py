@@ -46,22 +46,14 @@ def read_count(node: fx.Node, layouts: dict[fx.Node, Any]) -> Any:
     return None
 
 
-def _flatten(value: Any, counts: dict[fx.Node, Any]) -> list[np.ndarray]:
+def _input_atoms(node: fx.Node, counts: dict[fx.Node, Any]) -> list[np.ndarray]:
+    """The channel atoms behind every count among the node's inputs (a count is a ChannelCount or a tuple of them)."""
     found: list[np.ndarray] = []
-
-    def visit(v: Any) -> None:
-        if isinstance(v, fx.Node):
-            visit(counts.get(v))
-        elif isinstance(v, ChannelCount):
-            found.extend(v.atoms)
-        elif isinstance(v, (tuple, list)):
-            for item in v:
-                visit(item)
-        elif isinstance(v, dict):
-            for item in v.values():
-                visit(item)
-
-    visit(value)
+    for source in node.all_input_nodes:
+        count = counts.get(source)
+        for part in count if isinstance(count, tuple) else (count,):
+            if isinstance(part, ChannelCount):
+                found.extend(part.atoms)
     return found
 
 
@@ -71,11 +63,11 @@ def combine_counts(node: fx.Node, counts: dict[fx.Node, Any]) -> Optional[Any]:
         per_dim, index = counts[node.args[0]], node.args[1]
         if isinstance(index, (int, slice)):
             return per_dim[index]
-    atoms = _flatten((node.args, node.kwargs), counts)
+    atoms = _input_atoms(node, counts)
     return ChannelCount(tuple(atoms)) if atoms else None
 
 
 def freeze_counts(space: ChannelSpace, node: fx.Node, counts: dict[fx.Node, Any], where: str) -> None:
     """Freeze the channels whose count reaches ``node`` as a value."""
-    for atoms in _flatten((node.args, node.kwargs), counts):
+    for atoms in _input_atoms(node, counts):
         space.freeze(atoms, f"its channel count is read at run time and used as a value ({where})")

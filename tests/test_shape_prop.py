@@ -7,7 +7,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 import falf_fx
-from passes.shape_prop import _adaptive_avg_pool
+from passes.shape_prop import _adaptive_avg_pool, _cat_shape
 
 
 class _Shapes(nn.Module):
@@ -30,7 +30,8 @@ class _Shapes(nn.Module):
         b = self.pool1(seq) * F.adaptive_avg_pool1d(seq, 3)
         c = self.pool3(vol) - F.adaptive_avg_pool3d(vol, (2, 3, 1))
         d = self.linear(F.layer_norm(self.norm(seq[..., :4]), (4,))) * self.scale  # Linear on a 3-D input
-        return a, b, c, d, F.adaptive_avg_pool2d(y, (5, 3))
+        e = torch.cat([y, self.conv(x)], 1) + torch.cat((y, y), dim=-3)
+        return a, b, c, d, F.adaptive_avg_pool2d(y, (5, 3)), e
 
 
 def test_meta_shapes_match_a_real_run():
@@ -76,3 +77,26 @@ def test_adaptive_pool_shape_answers_the_usual_cases(spatial, shape, size):
     kernel = getattr(F, f"adaptive_avg_pool{spatial}d")
     got = _adaptive_avg_pool(spatial)(torch.empty(shape, device="meta"), size)
     assert got.shape == kernel(torch.randn(shape), size).shape and got.device.type == "meta"
+
+
+@pytest.mark.parametrize("shapes, dim", [
+    ([(2, 3, 4), (2, 5, 4)], 1), ([(2, 3, 4), (2, 5, 4)], -2), ([(2, 3), (2, 3)], 0), ([(2, 3, 4), (2, 3, 5)], 1),
+    ([(2, 3, 4), (2, 3)], 1), ([(2, 3)], 2), ([(2, 0, 4), (2, 1, 4)], 1), ([(0,), (2, 3)], 0), ([(3,), (4,)], 0)])
+def test_cat_shape_is_never_laxer_than_the_kernel(shapes, dim):
+    try:
+        want = tuple(torch.cat([torch.randn(s) for s in shapes], dim).shape)
+    except (RuntimeError, IndexError):
+        want = None
+    try:
+        got = _cat_shape([torch.empty(s, device="meta") for s in shapes], dim)
+    except (RuntimeError, IndexError):
+        got = want = None  # refused: the kernel refuses too, or the fake tier decides
+    assert got is None or tuple(got.shape) == want
+
+
+def test_cat_shape_leaves_dtype_promotion_and_layouts_to_the_kernel():
+    meta = lambda *s, **kw: torch.empty(*s, device="meta", **kw)  # noqa: E731
+    assert _cat_shape([meta(2, 3), meta(2, 3, dtype=torch.float64)], 0) is None
+    assert _cat_shape([meta(1, 3, 4, 4).to(memory_format=torch.channels_last)] * 2, 1) is None
+    assert _cat_shape([meta(2, 3)], 0, out=meta(2, 3)) is None
+    assert _cat_shape([meta(2, 3), meta(2, 4)], dim=1).shape == (2, 7)
