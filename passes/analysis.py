@@ -109,10 +109,9 @@ class MemberIndex:
         lengths = np.array([atoms.size for *_, atoms in axes], dtype=np.int64)
         starts = np.cumsum(lengths) - lengths
         total = int(lengths.sum())
-        channels = channel_of[np.concatenate([atoms.ravel() for *_, atoms in axes])] if total else \
-            np.zeros(0, dtype=np.int64)
-        gids = group_of[channels]
-        self._in_group = index_in_group[channels].astype(np.int32 if channels.size < 2 ** 31 else np.int64)
+        flat = np.concatenate([atoms.ravel() for *_, atoms in axes]) if total else np.zeros(0, dtype=np.int64)
+        gids = group_of[channel_of][flat]  # through per-atom tables: one gather over 10^7 positions, not two
+        self._in_group = index_in_group[channel_of].astype(np.int32)[flat]
         starts_run = np.ones(total, dtype=bool)
         np.not_equal(gids[1:], gids[:-1], out=starts_run[1:])
         starts_run[starts[lengths > 0]] = True  # every axis starts a run
@@ -220,7 +219,7 @@ def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str
         if node.op == "placeholder" and "val" not in node.meta:
             raise ValueError(f"{node_where(node)} has no shape information: trace the model with "
                              "falf_fx.trace(model, example_inputs) before analysing it")
-        ctx = RuleContext(node, space, layouts, gm, canonical)
+        ctx = RuleContext(node, space, layouts, gm, canonical, modules)
         value = node.meta.get("val")
         if node.op in ("call_function", "call_method") and not _touches_tensors(node):
             layouts[node] = untracked_like(value)  # Python arithmetic on sizes and the like

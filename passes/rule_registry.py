@@ -52,6 +52,7 @@ class RuleContext:
     layouts: dict[fx.Node, Any]
     root: nn.Module
     canonical_names: dict[str, str]
+    modules: Mapping[str, nn.Module]  # root.named_modules(remove_duplicate=False), built once per pass
 
     # -- reading --------------------------------------------------------
     @property
@@ -60,7 +61,7 @@ class RuleContext:
 
     @property
     def module(self) -> nn.Module:
-        return self.root.get_submodule(self.node.target)
+        return self.modules[self.node.target]
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         if len(self.node.args) > index:

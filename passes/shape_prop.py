@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import fx, nn
 from torch.nn import functional as F
@@ -120,30 +121,34 @@ def _adaptive_avg_pool(spatial: int):
     return shape
 
 
-def _cat_shape(tensors, dim: int = 0, **others) -> Optional[torch.Tensor]:
+def _cat_shape(tensors, dim: int = 0, **unsupported) -> Optional[torch.Tensor]:
     """torch.cat's shape with the real kernel's checks (its meta kernel is a Python reference, ~7 ms a call
     on a deep DenseNet's concatenations).  None: an unusual mix (dtypes to promote, legacy empty 1-D
-    tensors, non-contiguous layouts) the kernel decides."""
-    if others or not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(dim, int):
+    tensors, non-contiguous layouts, tensors off the meta device) the kernel decides."""
+    if unsupported or not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(dim, int):
         return None
     first = tensors[0]
     if not isinstance(first, torch.Tensor) or first.dim() == 0:
         return None
-    rank, dtype, device = first.dim(), first.dtype, first.device
+    rank, dtype = first.dim(), first.dtype
     axis = dim + rank if dim < 0 else dim
     if not 0 <= axis < rank:
         raise IndexError(f"cat along dim {dim} of {rank}-D tensors")
-    head, tail, total = first.shape[:axis], first.shape[axis + 1:], 0
-    for t in tensors:
-        if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device != device or not t.is_contiguous():
+    shapes = []
+    for t in tensors:  # a deep DenseNet concatenates hundreds: the cheapest reads only
+        if type(t) is not torch.Tensor or t.dtype != dtype or not t.is_meta or not t.is_contiguous():
             return None
-        shape = t.shape
-        if len(shape) != rank:
-            return None
-        if shape[:axis] != head or shape[axis + 1:] != tail:
-            raise RuntimeError(f"cat along dim {dim} of tensors of shapes {tuple(first.shape)} and {tuple(shape)}")
-        total += shape[axis]
-    return torch.empty((*head, total, *tail), dtype=dtype, device="meta")
+        shapes.append(t.shape)
+    if any(len(shape) != rank for shape in shapes):
+        return None
+    sizes = np.array(shapes, dtype=np.int64).reshape(len(shapes), rank)
+    others = np.delete(sizes, axis, axis=1)
+    if (others != others[0]).any():
+        bad = tuple(shapes[int(np.flatnonzero((others != others[0]).any(axis=1))[0])])
+        raise RuntimeError(f"cat along dim {dim} of tensors of shapes {tuple(first.shape)} and {bad}")
+    out = list(first.shape)
+    out[axis] = int(sizes[:, axis].sum())
+    return torch.empty(out, dtype=dtype, device="meta")
 
 
 def _adaptive_avg_pool_module(spatial: int):
