@@ -68,7 +68,7 @@ class _LeafTracer(fx.Tracer):
         return parameter_proxy_cache[name]
 
     def create_arg(self, a: Any) -> Any:
-        if isinstance(a, fx.Proxy):  # what fx returns for one too, after five slower checks (a DenseNet's cat reads 10^5)
+        if isinstance(a, fx.Proxy):  # fx returns this too, after five slower checks (a DenseNet cat has 10^2 inputs)
             return a.node
         name = self._name_of(a, not isinstance(a, nn.Parameter)) if isinstance(a, torch.Tensor) else None
         if name is not None:

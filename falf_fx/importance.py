@@ -5,16 +5,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from passes.analysis import Analysis, ChannelGroup
+from passes.analysis import Analysis, ChannelGroup, tensor_named
 
 __all__ = ["IMPORTANCE_KINDS", "group_importance"]
 
 IMPORTANCE_KINDS = ("l1", "l2", "random")
-
-
-def _tensor(root: nn.Module, name: str) -> torch.Tensor:
-    owner, _, attr = name.rpartition(".")
-    return getattr(root.get_submodule(owner), attr)
 
 
 class _Scratch:
@@ -71,7 +66,7 @@ def _magnitude(root: nn.Module, group: ChannelGroup, power: int, sums: dict, scr
             continue  # statistics, not weights
         key = (member.name, member.dim)
         if key not in sums:
-            sums[key] = _per_position(_tensor(root, member.name), member.dim, power, scratch)
+            sums[key] = _per_position(tensor_named(root, member.name), member.dim, power, scratch)
         np.add.at(scores, member.channels, sums[key][member.positions])
     return scores if power == 1 else np.sqrt(scores)
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from passes.analysis import Analysis
+from passes.analysis import Analysis, tensor_named
 from passes.plan import PlanError, PruningPlan
 
 __all__ = ["channel_mac_costs", "plan_by_ratio", "plan_for_macs", "random_plan"]
@@ -90,8 +90,8 @@ def channel_mac_costs(analysis: Analysis, macs_by_module: Mapping[str, int]) -> 
     for group in analysis.prunable_groups:
         cost = np.zeros(group.size)
         for member in group.param_members:
-            owner, _, attr = member.name.rpartition(".")
-            tensor = getattr(root.get_submodule(owner), attr)
+            owner = member.name.rpartition(".")[0]
+            tensor = tensor_named(root, member.name)
             if tensor.dim() < 2 or owner not in macs_by_module:
                 continue
             np.add.at(cost, member.channels, macs_by_module[owner] / tensor.shape[member.dim])

@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
-from torch import fx
+from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from . import rules  # noqa: F401  (registers every rule)
@@ -19,7 +19,8 @@ from .rule_registry import RuleContext, node_where, rule_for
 from .rules.common import freeze_inputs, untracked_like
 from .size_flow import combine_counts, freeze_counts, read_count
 
-__all__ = ["Analysis", "AnalysisPass", "ChannelGroup", "GroupMember", "analyze_graph", "AUTO_LEAVES_KEY"]
+__all__ = ["Analysis", "AnalysisPass", "ChannelGroup", "GroupMember", "analyze_graph", "tensor_named",
+           "AUTO_LEAVES_KEY"]
 
 AUTO_LEAVES_KEY = "falf_fx.auto_leaves"  # gm.meta entry written by capture: {module name: why}
 ANALYSIS_KEY = "falf_fx.analysis"
@@ -201,13 +202,15 @@ def _unknown_reason(node: fx.Node, auto_leaves: dict[str, str]) -> str:
     return "op not understood by the analysis"
 
 
+def _holds_tensor(value: Any) -> bool:
+    found = []
+    fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, torch.Tensor) else None)
+    return bool(found)
+
+
 def _touches_tensors(node: fx.Node) -> bool:
     """Whether the node makes or reads a tensor (stops at the first: a DenseNet concatenation reads hundreds)."""
-    def holds_tensor(value: Any) -> bool:
-        found = []
-        fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, torch.Tensor) else None)
-        return bool(found)
-    return any(holds_tensor(n.meta.get("val")) for n in (node, *node.all_input_nodes))
+    return any(_holds_tensor(n.meta.get("val")) for n in (node, *node.all_input_nodes))
 
 
 def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str],
@@ -290,6 +293,12 @@ def _frozen(space: ChannelSpace, channel_of: np.ndarray, group_of: np.ndarray,
         if gid >= 0:
             reasons_of[gid].append(texts[reason])
     return frozen, reasons_of
+
+
+def tensor_named(root: nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer of ``root`` at a qualified name (a member's ``name``)."""
+    owner, _, attr = name.rpartition(".")
+    return getattr(root.get_submodule(owner), attr)
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from .analysis import Analysis
+from .analysis import Analysis, tensor_named
 from .plan import PruningPlan
 from .rule_registry import SlimView, rule_for
 from .shape_prop import fake_inputs_like, propagate_shapes
@@ -79,11 +79,6 @@ def _slim_tensor(tensor: torch.Tensor, dims: dict[int, np.ndarray]) -> torch.Ten
     return nn.Parameter(sliced, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else sliced
 
 
-def _named_tensor(gm: fx.GraphModule, name: str) -> torch.Tensor:
-    owner_name, _, attr = name.rpartition(".")
-    return getattr(gm.get_submodule(owner_name), attr)
-
-
 def _sliced_tensors(gm: fx.GraphModule, cuts: dict[str, dict[int, np.ndarray]]) -> dict[int, Any]:
     """The slim version of every tensor the plan cuts, keyed by the id of the full-size tensor.
 
@@ -92,7 +87,7 @@ def _sliced_tensors(gm: fx.GraphModule, cuts: dict[str, dict[int, np.ndarray]]) 
     """
     replacements: dict[int, Any] = {}
     for name, dims in cuts.items():
-        tensor = _named_tensor(gm, name)
+        tensor = tensor_named(gm, name)
         replacements[id(tensor)] = _slim_tensor(tensor, dims)  # every alias of a tied tensor is this one object
     return replacements
 
@@ -110,7 +105,7 @@ def _slice_in_place(gm: fx.GraphModule, cuts: dict[str, dict[int, np.ndarray]]) 
                 if tensor is not None:
                     holders.setdefault(id(tensor), []).append((store, key))
     for name, dims in cuts.items():
-        tensor = _named_tensor(gm, name)
+        tensor = tensor_named(gm, name)
         sliced = _slim_tensor(tensor, dims)
         for store, key in holders.pop(id(tensor), ()):
             store[key] = sliced

@@ -17,7 +17,7 @@ import torch
 from torch import fx
 from torch.utils.data import DataLoader
 
-from passes.analysis import Analysis
+from passes.analysis import Analysis, tensor_named
 from passes.plan import PruningPlan
 from passes.rewrite import slim_graph_module
 
@@ -147,7 +147,6 @@ def weight_members(analysis: Analysis, group_id: int):
     """The group's slices of weight matrices/kernels (not biases, norms or statistics)."""
     root = analysis.graph_module
     for member in analysis.groups[group_id].param_members:
-        owner, _, attr = member.name.rpartition(".")
-        tensor = getattr(root.get_submodule(owner), attr)
+        tensor = tensor_named(root, member.name)
         if isinstance(tensor, torch.nn.Parameter) and tensor.dim() >= 2:
             yield member, tensor

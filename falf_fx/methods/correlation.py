@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from passes.analysis import ChannelGroup
+from passes.analysis import ChannelGroup, tensor_named
 from passes.plan import PruningPlan
 
 from ..importance import group_importance
@@ -48,11 +48,6 @@ __all__ = ["Correlation", "PENALTIES", "correlation_penalty", "pair_pearson", "p
 
 PENALTIES = ("exp", "linear", "paper")
 Pair = tuple[int, int]  # (kept channel, dropped channel), indices in the group
-
-
-def _tensor(module: nn.Module, name: str) -> torch.Tensor:
-    owner, _, attr = name.rpartition(".")
-    return getattr(module.get_submodule(owner), attr)
 
 
 def _is_transposed(module: nn.Module, owner: str) -> bool:
@@ -69,7 +64,7 @@ def _producer_members(module: nn.Module, group: ChannelGroup) -> list:
         members = [m for m in group.param_members if m.name in (owner, f"{owner}.weight")]
         if len(members) > 1:  # input and output axes in one group: keep the output axis
             members = [m for m in members if m.dim == (1 if _is_transposed(module, owner) else 0)]
-        found.extend(m for m in members if _tensor(module, m.name).dim() >= 2)
+        found.extend(m for m in members if tensor_named(module, m.name).dim() >= 2)
     return found
 
 
@@ -82,7 +77,7 @@ def producer_filters(module: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """
     blocks = []
     for member in _producer_members(module, group):
-        weight = _tensor(module, member.name)
+        weight = tensor_named(module, member.name)
         flat = weight.movedim(member.dim, 0).reshape(weight.shape[member.dim], -1)
         rows = flat[torch.tensor(member.positions)]
         order = np.lexsort((member.positions, member.channels))
