@@ -27,6 +27,7 @@ from .data import load_data
 from .errors import FalfError, PlanError, ShapePropagationError, SlimError
 from .importance import IMPORTANCE_KINDS
 from .methods import METHODS
+from .planning import ALLOCATIONS
 from .model_spec import ModelSpecError, load_model
 from .training import TrainConfig, train
 
@@ -284,6 +285,7 @@ def _cmd_compress(s: _Session) -> None:
         result = compress(model, train_loader, method=a.method, example_inputs=example, val_loader=val_loader,
                           target_macs=a.target_macs, tolerance=a.tolerance, rounds=a.rounds,
                           finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
+                          allocation=a.allocation, distill=a.distill,
                           checkpoint_dir=a.checkpoint_dir, resume=a.resume, seed=a.seed, progress=s.text,
                           **options)
     except ValueError as error:  # an unreachable target, unknown method options: the user's to fix
@@ -292,7 +294,8 @@ def _cmd_compress(s: _Session) -> None:
     full = {"model": a.model, "data": a.data, "input_shape": list(example.shape),
             "settings": {"method": a.method, "method_options": options, "target_macs": a.target_macs,
                          "tolerance": a.tolerance, "rounds": a.rounds, "pretrain_epochs": a.pretrain_epochs,
-                         "finetune_epochs": a.finetune_epochs, "seed": a.seed},
+                         "finetune_epochs": a.finetune_epochs, "finetune_lr": a.finetune_lr,
+                         "allocation": a.allocation, "distill": a.distill, "seed": a.seed},
             **result.report, "history": result.history, "pretrain": pretrain, "out": str(a.out)}
     if a.report is not None:
         try:
@@ -365,24 +368,31 @@ def _add_compress(sub: Any) -> None:
     p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
                    help="example input shape; it also sizes digits and synthetic data (default: the data's first "
                         "sample)")
-    p.add_argument("--method", choices=sorted(METHODS), default="falf", help="channel scoring (default falf)")
+    p.add_argument("--method", choices=sorted(METHODS), default="magnitude",
+                   help="channel scoring (default magnitude: it wins the quality benchmark, see the README)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, repeatable; falf/stability: target, score, lam, aux_epochs, aux_lr, "
                         "points, taylor_batches, probe (e.g. score=taylor); play_and_prune: threshold, lam, grow, "
                         "max_threshold, zero, reg_epochs, reg_lr, patience, fold_batches; correlation: mu, "
                         "raise_epochs, raise_lr, penalty; pruner_network: lam, epochs, lr, pruner_lr, threshold, "
-                        "search_trials, alpha_step, alpha_max; magnitude: importance")
+                        "search_trials, alpha_step, alpha_max; magnitude: importance; taylor: batches")
     p.add_argument("--target-macs", type=float, default=None, metavar="F",
                    help="fraction of the original MACs to keep, e.g. 0.25")
     p.add_argument("--tolerance", type=float, default=None, metavar="F",
                    help="stop before validation accuracy drops by more than F (0.01 = one point)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="most score -> slim -> fine-tune rounds (default: the method's own, 4 for score methods)")
+                   help="most score -> slim -> fine-tune rounds (default: the method's own, 1 for score methods)")
     p.add_argument("--pretrain-epochs", type=int, default=0,
                    help="train the model on the data first (default 0: the model is already trained)")
     p.add_argument("--pretrain-lr", type=float, default=0.05, help="pretraining learning rate (default 0.05)")
-    p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs per round (default 1)")
-    p.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
+    p.add_argument("--finetune-epochs", type=int, default=8,
+                   help="fine-tuning epochs of the whole run, shared by its rounds under one schedule (default 8)")
+    p.add_argument("--finetune-lr", type=float, default=0.02, help="peak fine-tuning learning rate (default 0.02)")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
+                   help="how the MACs goal is shared between layers: uniform (the same share of every group), "
+                        "global or cost (scores ranked across groups; cost: per MAC saved) (default uniform)")
+    p.add_argument("--distill", type=float, default=0.5, metavar="ALPHA",
+                   help="weight of distillation from the original model during fine-tuning (0: off; default 0.5)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of digits, synthetic, cifar10 (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of data split, training and method (default 0)")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="save every epoch and round here")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,14 @@ from passes.rewrite import slim_graph_module
 from .capture import trace
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint
 from .errors import FalfError
+from .distill import Distillation, distillation_loss
 from .flops import count_cost, macs_by_module
 from .methods import make_method
 from .methods.base import Round
-from .planning import channel_mac_costs, plan_for_macs
-from .training import TrainConfig, evaluate, is_distributed, train
+from .planning import ALLOCATIONS, MacsModel, channel_mac_costs, plan_for_macs
+from .training import TrainConfig, evaluate, is_distributed, steps_per_epoch, train
 
-__all__ = ["CompressResult", "compress"]
+__all__ = ["CompressResult", "FineTuneBudget", "compress"]
 
 _STATE = "compress"  # checkpoint phase name of the round-level state
 
@@ -108,26 +110,78 @@ def _check_target(gm: fx.GraphModule, example: torch.Tensor, target_macs: float)
                          f"group {floor:.4f} of the MACs remain (frozen: {'; '.join(frozen) or 'nothing'})")
 
 
-def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", example_inputs: Any = None,
-             val_loader: Optional[DataLoader] = None, loss_fn: Optional[Callable] = None,
-             target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: Optional[int] = None,
-             step: float = 0.3,
-             finetune_epochs: int = 1, finetune_lr: float = 0.01, checkpoint_dir: Optional[str] = None,
-             resume: bool = False, seed: int = 0, progress: bool = True, measure_latency: bool = True,
-             **method_options) -> CompressResult:
-    """Compress a trained classifier: rounds of score -> slim -> fine-tune.
+@dataclass(frozen=True)
+class FineTuneBudget:
+    """The fine-tuning epochs of a whole run, spent under one schedule across its rounds.
 
-    Stops at ``target_macs`` (fraction of the original MACs) or before the accuracy
-    on ``val_loader`` drops by more than ``tolerance`` (e.g. 0.01 = one point).
-    ``rounds`` is the most rounds to run (default: the method's own, e.g. 4 for
-    score methods, 1 for one-shot ones); a method may stop earlier.
-    ``measure_latency=False`` leaves the CPU latency out of the report (it costs
-    seconds; tests and sweeps do not need it).
+    Round ``i`` trains ``epochs_of(i)`` epochs from where the rounds before it stopped on one
+    warm-up + cosine schedule, so the learning rate is not restarted every round and
+    the last round ends at zero, whatever the number of rounds.  Epochs that do not
+    divide evenly go to the last rounds: a model is never left unfine-tuned after a
+    cut while an earlier round trained.
     """
+
+    epochs: int
+    rounds: int
+    lr: float
+    warmup: float
+    steps_per_epoch: int
+
+    def epochs_of(self, index: int) -> int:
+        return self.epochs // self.rounds + (index >= self.rounds - self.epochs % self.rounds)
+
+    def config(self, index: int, seed: int) -> TrainConfig:
+        offset = sum(self.epochs_of(i) for i in range(index)) * self.steps_per_epoch
+        return TrainConfig(epochs=self.epochs_of(index), lr=self.lr, seed=seed, warmup=self.warmup,
+                           horizon=self.epochs * self.steps_per_epoch, offset=offset)
+
+
+def _round_goal(before_macs: float, current: float, index: int, rounds: int, target_macs: Optional[float],
+                step: float) -> float:
+    """The MACs round ``index`` should end at."""
+    if target_macs is None:  # tolerance only: take a fixed share of what is left, until accuracy says stop
+        return current * (1.0 - step)
+    return before_macs * target_macs ** ((index + 1) / rounds)  # geometric, landing on the target last
+
+
+def _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocation, min_keep) -> None:
     if target_macs is None and tolerance is None:
         raise ValueError("give target_macs (e.g. 0.25 of the original MACs), tolerance (e.g. 0.01), or both")
     if tolerance is not None and val_loader is None:
         raise ValueError("tolerance is measured on val_loader: pass val_loader=")
+    if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+        raise ValueError(f"finetune_epochs is the whole run's fine-tuning budget, a whole number >= 0, "
+                         f"not {finetune_epochs!r}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
+    if not 0.0 <= min_keep < 1.0:
+        raise ValueError(f"min_keep is the share of every group that stays, in [0, 1), not {min_keep}")
+
+
+def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude", example_inputs: Any = None,
+             val_loader: Optional[DataLoader] = None, loss_fn: Optional[Callable] = None,
+             target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: Optional[int] = None,
+             step: float = 0.3, finetune_epochs: int = 8, finetune_lr: float = 0.02, warmup: float = 0.05,
+             allocation: str = "uniform", min_keep: float = 0.05, distill: float = 0.5,
+             distill_temperature: float = 4.0, checkpoint_dir: Optional[str] = None, resume: bool = False,
+             seed: int = 0, progress: bool = True, measure_latency: bool = True, **method_options) -> CompressResult:
+    """Compress a trained classifier: rounds of score -> slim -> fine-tune.
+
+    Stops at ``target_macs`` (fraction of the original MACs) or before the accuracy
+    on ``val_loader`` drops by more than ``tolerance`` (e.g. 0.01 = one point).
+    ``rounds`` is the most rounds to run (default: the method's own, 1 for magnitude);
+    a method may stop earlier.  ``finetune_epochs`` is the fine-tuning budget of the
+    whole run, shared by the rounds under one warm-up + cosine schedule peaking at
+    ``finetune_lr``; methods' own phases (FALF's auxiliary phase...) come on top and
+    are reported apart.  Fine-tuning distils the original model's logits with weight
+    ``distill`` (0: off) at ``distill_temperature``.  ``allocation`` shares a MACs
+    goal between groups: ``uniform`` (the same share of every group), ``global`` or
+    ``cost`` (scores ranked across groups, ``cost`` per MAC saved); ``min_keep`` of
+    every group stays.  ``measure_latency=False`` leaves the CPU latency out of the
+    report (it costs seconds; tests and sweeps do not need it).
+    """
+    _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocation, min_keep)
+    distillation = Distillation(distill, distill_temperature)
     pruner = make_method(method, **method_options)
     rounds = rounds or pruner.default_rounds
     batch = _first_batch(loader)
@@ -146,6 +200,8 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
     base_acc = evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None
     report_before = {"macs": before.macs, "flops": before.flops, "params": before.params, "accuracy": base_acc,
                      "latency_ms": _latency_ms(gm, example) if measure_latency else None, "widths": _widths(gm)}
+    budget = FineTuneBudget(finetune_epochs, rounds, finetune_lr, warmup, steps_per_epoch(loader, TrainConfig()))
+    finetune_loss = distillation_loss(gm, main_loss, distillation) if distillation.enabled else main_loss
     history: list[dict[str, Any]] = []
     start_round = 0
     if resume and store.path(_STATE).exists():
@@ -161,22 +217,25 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
         current = count_cost(gm, example).macs
         if target_macs is not None and current <= target_macs * before.macs * 1.001:
             break
-        if target_macs is not None:  # geometric schedule that lands on the target in the last round
-            goal_macs = before.macs * target_macs ** ((index + 1) / rounds)
-        else:  # tolerance only: take a fixed share of what is left, until accuracy says stop
-            goal_macs = current * (1.0 - step)
+        goal_macs = _round_goal(before.macs, current, index, rounds, target_macs, step)
         analysis = analyze_graph(gm)
-        costs = channel_mac_costs(analysis, macs_by_module(gm, example))
+        per_module = macs_by_module(gm, example)
         round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, macs_to_remove=current - goal_macs,
-                       costs=costs, total_macs=current, count_macs=lambda m: count_cost(m, example).macs,
+                       costs=channel_mac_costs(analysis, per_module), total_macs=current,
+                       count_macs=lambda m: count_cost(m, example).macs,
                        target_macs=None if target_macs is None else target_macs * before.macs,
-                       val_loader=val_loader, checkpoints=store, resume=resume, progress=progress)
+                       val_loader=val_loader, checkpoints=store, resume=resume, progress=progress,
+                       macs_model=MacsModel(analysis, per_module, current), allocation=allocation,
+                       min_keep=min_keep)
         proposal = pruner.propose(round_)
         candidate = slim_graph_module(proposal.model, proposal.plan)
-        train(candidate, loader, main_loss, TrainConfig(epochs=finetune_epochs, lr=finetune_lr, seed=seed),
-              phase=round_.phase("finetune"), checkpoints=store, resume=resume, progress=progress)
+        config = budget.config(index, seed)
+        if config.epochs:
+            train(candidate, loader, finetune_loss, config, phase=round_.phase("finetune"), checkpoints=store,
+                  resume=resume, progress=progress)
         record = {"round": index + 1, "method": pruner.name, "channels_removed": proposal.plan.num_removed,
-                  "macs": count_cost(candidate, example).macs, **proposal.record}
+                  "macs": count_cost(candidate, example).macs, "finetune_epochs": config.epochs,
+                  "auxiliary_epochs": dict(round_.auxiliary_epochs), **proposal.record}
         record["macs_ratio"] = record["macs"] / before.macs
         if val_loader is not None:
             record["accuracy"] = evaluate(candidate, val_loader)["accuracy"]
@@ -198,7 +257,35 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "falf", exam
                         "accuracy": evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None,
                         "latency_ms": _latency_ms(gm, example) if measure_latency else None,
                         "widths": _widths(gm)},
-              "method": pruner.name, "macs_ratio": after.macs / before.macs}
+              "method": pruner.name, "macs_ratio": after.macs / before.macs,
+              "target": _target_report(target_macs, after.macs / before.macs),
+              "budget": _budget_report(budget, history, distillation, allocation, min_keep)}
     if store is not None:
         Path(store.directory, "report.json").write_text(json.dumps({**report, "history": history}, indent=1) + os.linesep)
     return CompressResult(gm, report, history)
+
+
+def _target_report(target_macs: Optional[float], reached: float) -> Optional[dict[str, Any]]:
+    """Whether the MACs target was met (within 1%); a miss is also a warning."""
+    if target_macs is None:
+        return None
+    met = reached <= target_macs * 1.01
+    if not met:
+        warnings.warn(f"compress missed target_macs={target_macs}: the slim model keeps {reached:.4f} of the MACs "
+                      "(a round was rejected by the tolerance, or the method stopped early); see report['history']",
+                      stacklevel=3)
+    return {"macs": target_macs, "reached": round(reached, 6), "met": met}
+
+
+def _budget_report(budget: FineTuneBudget, history: list[dict], distillation: Distillation, allocation: str,
+                   min_keep: float) -> dict[str, Any]:
+    """What the run spent, fine-tuning and each method phase apart, and the settings that spent it."""
+    auxiliary: dict[str, int] = {}
+    for record in history:
+        for kind, epochs in record["auxiliary_epochs"].items():
+            auxiliary[kind] = auxiliary.get(kind, 0) + epochs
+    return {"finetune_epochs": sum(r["finetune_epochs"] for r in history), "finetune_epochs_budget": budget.epochs,
+            "auxiliary_epochs": auxiliary, "rounds": len(history), "lr": budget.lr,
+            "schedule": f"linear warm-up over {budget.warmup:.0%}, then cosine to 0, over the whole run",
+            "distill": {"alpha": distillation.alpha, "temperature": distillation.temperature},
+            "allocation": allocation, "min_keep": min_keep}

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from .errors import FalfError
 
-__all__ = ["DataError", "IndexedDataset", "cifar10_loaders", "digits_loaders", "load_data", "synthetic_loaders",
+__all__ = ["DataError", "IndexedDataset", "SHAPE_CLASSES", "cifar10_loaders", "digits_loaders", "load_data",
+           "shapes_loaders", "synthetic_loaders",
            "with_indices", "CIFAR10_MEAN", "CIFAR10_STD"]
 
 Loaders = tuple[DataLoader, DataLoader]
@@ -155,6 +156,84 @@ def synthetic_loaders(input_shape: Sequence[int] = (3, 32, 32), num_classes: int
                          f"num_samples={num_samples}")
     inputs, labels = _synthetic_samples(input_shape, num_classes, num_samples, seed)
     return _split_loaders(inputs, labels, batch_size, val_fraction, seed)
+
+
+# -- procedural shapes: the quality benchmark's task -------------------------------------------
+
+SHAPE_CLASSES = ("disk", "ring", "square", "frame", "triangle", "plus", "diamond", "striped disk",
+                 "checkered square", "two dots")
+
+
+def _shape_masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Every class's mask on canonical coordinates ``u, v`` (about [-1, 1]): (classes, N, H, W)."""
+    r = torch.sqrt(u * u + v * v)
+    box = torch.maximum(u.abs(), v.abs())
+    return torch.stack([
+        r < 0.6,
+        (r > 0.33) & (r < 0.6),
+        box < 0.5,
+        (box > 0.3) & (box < 0.55),
+        (v > -0.45) & (u.abs() < 0.6 * (0.55 - v)),
+        ((u.abs() < 0.17) & (v.abs() < 0.6)) | ((v.abs() < 0.17) & (u.abs() < 0.6)),
+        u.abs() + v.abs() < 0.62,
+        (r < 0.62) & (torch.sin(9.0 * u) > 0),
+        (box < 0.55) & (torch.sin(7.0 * u) * torch.sin(7.0 * v) > 0),
+        (torch.sqrt((u + 0.32) ** 2 + v * v) < 0.22) | (torch.sqrt((u - 0.32) ** 2 + v * v) < 0.22),
+    ]).float()
+
+
+def _placed_shapes(labels: torch.Tensor, size: int, scale: tuple[float, float],
+                   generator: torch.Generator) -> torch.Tensor:
+    """One mask per label, randomly scaled, rotated (up to 30 degrees) and moved: (N, 1, size, size)."""
+    n = labels.numel()
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(n, 1, 1, generator=generator)
+    axis = torch.linspace(-1.0, 1.0, size)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    s, angle = uniform(*scale), uniform(-0.52, 0.52)
+    dx, dy = uniform(-0.45, 0.45), uniform(-0.45, 0.45)
+    xs, ys = (x - dx) / s, (y - dy) / s
+    u, v = xs * torch.cos(angle) + ys * torch.sin(angle), -xs * torch.sin(angle) + ys * torch.cos(angle)
+    masks = _shape_masks(u, v)  # (classes, N, H, W)
+    return masks[labels, torch.arange(n)].unsqueeze(1)
+
+
+def _shape_images(num_samples: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shape of the class on a cluttered background, with a fainter distractor shape and noise."""
+    generator = torch.Generator().manual_seed(seed)
+    classes = len(SHAPE_CLASSES)
+    labels = torch.randperm(num_samples, generator=generator) % classes
+    images = torch.empty(num_samples, 3, size, size)
+    for start in range(0, num_samples, 2048):  # bounded memory: the masks of all classes per chunk
+        chunk = labels[start:start + 2048]
+        n = chunk.numel()
+        background = torch.rand(n, 3, 1, 1, generator=generator)
+        background = background + 0.2 * _smooth_patterns(n, (3, size, size), generator)
+        colour = torch.rand(n, 3, 1, 1, generator=generator)
+        distractor = torch.randint(0, classes, (n,), generator=generator)
+        shade = torch.rand(n, 3, 1, 1, generator=generator)
+        image = background
+        far = _placed_shapes(distractor, size, (0.3, 0.5), generator)
+        image = image + far * 0.35 * (shade - image)
+        near = _placed_shapes(chunk, size, (0.55, 1.0), generator)
+        image = image + near * (colour - image)
+        images[start:start + n] = image + 0.15 * torch.randn(image.shape, generator=generator)
+    return images, labels
+
+
+def shapes_loaders(num_train: int = 10_000, num_val: int = 2_000, image_size: int = 32, batch_size: int = 128,
+                   seed: int = 0) -> Loaders:
+    """A seeded, procedural 10-class task of 32x32 RGB images, harder than digits.
+
+    Each image is one of :data:`SHAPE_CLASSES` in a random colour, size, position and
+    rotation, over a cluttered background with a fainter distractor shape of any class
+    and pixel noise.  Stripes and checks need texture filters; the distractor and the
+    low colour contrast of some images keep a small CNN well below 100%.  The default
+    sizes make one validation point 20 images.
+    """
+    _require_positive(num_train=num_train, num_val=num_val, image_size=image_size, batch_size=batch_size)
+    images, labels = _shape_images(num_train + num_val, image_size, seed)
+    return _split_loaders(images, labels, batch_size, num_val / (num_train + num_val), seed)
 
 
 # -- CIFAR-10 ----------------------------------------------------------------------------------

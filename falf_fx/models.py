@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["lenet5", "resnet20", "resnet56", "resnet_cifar", "vgg16_cifar"]
+__all__ = ["lenet5", "mobilenet_v2_cifar", "resnet20", "resnet56", "resnet_cifar", "vgg11_cifar", "vgg16_cifar"]
 
 
 def lenet5(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
@@ -77,16 +77,36 @@ def resnet56(num_classes: int = 10, in_channels: int = 3) -> ResNetCifar:
 
 
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+_VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def _vgg(plan: tuple, num_classes: int, in_channels: int, width: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for item in plan:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            out = max(1, int(item * width))
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            channels = out
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels, num_classes))
 
 
 def vgg16_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
     """VGG-16 for 32x32 inputs, BN after every conv, one linear classifier (313.7 M MACs)."""
-    layers: list[nn.Module] = []
-    channels = in_channels
-    for item in _VGG16:
-        if item == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers += [nn.Conv2d(channels, item, 3, padding=1, bias=False), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
-            channels = item
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, num_classes))
+    return _vgg(_VGG16, num_classes, in_channels, 1.0)
+
+
+def vgg11_cifar(num_classes: int = 10, in_channels: int = 3, width: float = 0.5) -> nn.Sequential:
+    """VGG-11 (configuration A) for 32x32 inputs with BN, at ``width`` of its channels (0.5: 38.8 M MACs)."""
+    return _vgg(_VGG11, num_classes, in_channels, width)
+
+
+def mobilenet_v2_cifar(num_classes: int = 10, width: float = 0.5) -> nn.Module:
+    """torchvision's MobileNetV2 at ``width``, with a stride-1 stem for 32x32 inputs (CIFAR practice)."""
+    from torchvision.models import mobilenet_v2
+
+    model = mobilenet_v2(width_mult=width, num_classes=num_classes)
+    model.features[0][0].stride = (1, 1)
+    return model

@@ -8,9 +8,13 @@ from typing import Optional
 import numpy as np
 
 from passes.analysis import Analysis, tensor_named
+from passes.channel_space import ParamAxis
 from passes.plan import PlanError, PruningPlan
 
-__all__ = ["channel_mac_costs", "plan_by_ratio", "plan_for_macs", "random_plan"]
+__all__ = ["ALLOCATIONS", "MacsModel", "allocate", "channel_mac_costs", "plan_by_ratio", "plan_for_macs",
+           "random_plan"]
+
+ALLOCATIONS = ("uniform", "global", "cost")
 
 
 def _rounded_keep(size: int, keep: int, round_to: Optional[int]) -> int:
@@ -121,5 +125,96 @@ def plan_for_macs(analysis: Analysis, scores: Mapping[int, np.ndarray], macs_to_
             continue
         removals.setdefault(gid, []).append(int(index))
         saved += costs[gid][index]
+    _repair_emptied_axes(analysis, removals, scores)
+    return PruningPlan.build(analysis, removals)
+
+
+class MacsModel:
+    """The MACs a plan leaves, predicted from the analysis without building the slim model.
+
+    A layer's MACs scale with the kept share of every axis of its weight (output
+    and input channels of a conv, the features of a Linear, a norm's channels);
+    layers without a weight (pooling) are counted as they are.  Exact for convs,
+    linears and norms; ``compress`` checks the prediction with fvcore and corrects.
+    """
+
+    def __init__(self, analysis: Analysis, macs_by_module: Mapping[str, int], total_macs: float) -> None:
+        self.analysis, self.total = analysis, float(total_macs)
+        self.layers: list[tuple[float, list[np.ndarray]]] = []
+        for module, macs in macs_by_module.items():
+            weight = f"{module}.weight" if module else "weight"
+            axes = [analysis.param_axes.get(ParamAxis(weight, d)) for d in range(4)]
+            channels = [analysis.channel_of_atom[a] for a in axes if a is not None and a.size]
+            if macs and channels:
+                self.layers.append((float(macs), channels))
+
+    def predict(self, removed: np.ndarray) -> float:
+        """MACs left when the channels flagged in ``removed`` (global channel ids) go."""
+        saved = 0.0
+        for macs, channels in self.layers:
+            kept = 1.0
+            for ids in channels:
+                kept *= 1.0 - removed[ids].mean()
+            saved += macs * (1.0 - kept)
+        return self.total - saved
+
+
+def _removal_order(analysis: Analysis, scores: Mapping[int, np.ndarray], allocation: str,
+                   costs: Mapping[int, np.ndarray], min_keep: float) -> list[tuple[int, int]]:
+    """Every removable (group, index), in the order the allocation removes them.
+
+    ``uniform``: every group loses the same share, lowest scores first (Torch-Pruning's
+    default); ``global``: scores divided by their group's mean, ranked across groups;
+    ``cost``: that normalised score per MAC its removal saves.  Each group keeps at
+    least ``min_keep`` of its channels (and one), so no layer collapses.
+    """
+    mean_cost = np.mean([c.mean() for c in costs.values() if c.size]) if costs else 1.0
+    keyed = []
+    for group in analysis.prunable_groups:
+        score = np.asarray(scores[group.id], dtype=np.float64)
+        candidates = np.flatnonzero(~group.frozen)
+        candidates = candidates[np.argsort(score[candidates], kind="stable")]
+        cap = min(len(candidates), group.size - max(1, int(math.ceil(min_keep * group.size))))
+        candidates = candidates[:max(cap, 0)]
+        if allocation == "uniform":
+            key = (np.arange(len(candidates)) + 1.0) / group.size
+        else:
+            key = score[candidates] / (np.abs(score).mean() or 1.0)
+            if allocation == "cost":
+                key = key / np.maximum(np.asarray(costs[group.id])[candidates] / (mean_cost or 1.0), 1e-12)
+            key = np.maximum.accumulate(key)  # a group's channels leave in its own score order
+        keyed.extend(zip(key.tolist(), [group.id] * len(candidates), candidates.tolist()))
+    keyed.sort()
+    return [(gid, index) for _, gid, index in keyed]
+
+
+def allocate(analysis: Analysis, scores: Mapping[int, np.ndarray], goal_macs: float, macs: MacsModel,
+             allocation: str = "uniform", costs: Optional[Mapping[int, np.ndarray]] = None,
+             min_keep: float = 0.05) -> PruningPlan:
+    """The smallest removal, in the allocation's order, whose predicted MACs reach ``goal_macs``.
+
+    The prediction falls as the removal grows, so a bisection over how many
+    channels of the order go finds it in a few dozen predictions.
+    """
+    if allocation not in ALLOCATIONS:
+        raise PlanError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
+    order = _removal_order(analysis, scores, allocation, costs or {}, min_keep)
+    ids = np.array([analysis.groups[g].channel_ids[i] for g, i in order], dtype=np.int64)
+
+    def left(count: int) -> float:
+        removed = np.zeros(analysis.group_of_channel.size, dtype=bool)
+        removed[ids[:count]] = True
+        return macs.predict(removed)
+
+    low, high = 0, len(order)
+    while low < high:
+        middle = (low + high) // 2
+        if left(middle) <= goal_macs:
+            high = middle
+        else:
+            low = middle + 1
+    removals: dict[int, list[int]] = {}
+    for gid, index in order[:low]:
+        removals.setdefault(gid, []).append(index)
     _repair_emptied_axes(analysis, removals, scores)
     return PruningPlan.build(analysis, removals)

@@ -22,7 +22,7 @@ from .checkpoint import CheckpointStore, fingerprint
 from .errors import FalfError
 
 __all__ = ["TrainConfig", "TrainingError", "train", "evaluate", "epoch_loader", "is_distributed",
-           "all_reduce_mean", "init_distributed_from_env", "LossFn"]
+           "all_reduce_mean", "init_distributed_from_env", "lr_factor", "steps_per_epoch", "LossFn"]
 
 LossFn = Callable[[Any, tuple], torch.Tensor]  # (outputs, batch) -> loss; batch = (inputs, targets, ...)
 
@@ -38,9 +38,25 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     optimizer: str = "sgd"  # "sgd" or "adam"
-    schedule: str = "cosine"  # "cosine" or "constant"
+    schedule: str = "cosine"  # "cosine" (after a linear warm-up) or "constant", stepped every batch
     seed: int = 0
     max_batches: Optional[int] = None  # per epoch; None = the whole loader
+    warmup: float = 0.0  # share of the schedule's steps spent ramping the learning rate up from 0
+    # One schedule can span several calls (compress's rounds): ``horizon`` is its total number of
+    # steps (None: this call's own steps) and ``offset`` how many of them earlier calls spent.
+    horizon: Optional[int] = None
+    offset: int = 0
+
+
+def lr_factor(config: TrainConfig, step: int, horizon: int) -> float:
+    """The learning-rate multiplier at global ``step`` of a ``horizon``-step schedule."""
+    if config.schedule == "constant":
+        return 1.0
+    warm = config.warmup * horizon
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    progress = (step - warm) / max(horizon - warm, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 # -- distributed helpers ------------------------------------------------------------------
@@ -97,6 +113,12 @@ def _split(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0], batch[1]
 
 
+def steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
+    """Optimizer steps one epoch of ``train`` takes (this rank's shard when distributed)."""
+    batches = len(epoch_loader(loader, config.seed, 0))
+    return min(batches, config.max_batches or batches)
+
+
 # -- the loop ---------------------------------------------------------------------------------
 
 
@@ -109,12 +131,12 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'sgd' or 'adam', not {config.optimizer!r}")
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
-    if config.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    raise ValueError(f"schedule must be 'cosine' or 'constant', not {config.schedule!r}")
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, epoch_steps: int):
+    if config.schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', not {config.schedule!r}")
+    horizon = config.horizon or config.epochs * epoch_steps
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config, config.offset + step, horizon))
 
 
 def _progress(enabled: bool):
@@ -136,8 +158,9 @@ def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainCo
         raise TrainingError(f"the training loader of phase '{phase}' is empty")
     distributed = is_distributed()
     net = nn.parallel.DistributedDataParallel(model) if distributed else model
+    total = steps_per_epoch(loader, config)
     optimizer, history, start = _optimizer(model, config), [], 0
-    scheduler = _scheduler(optimizer, config)
+    scheduler = _scheduler(optimizer, config, total)
     if resume and checkpoints is not None:
         state = checkpoints.load(phase, fingerprint(model))
         if state is not None:
@@ -145,7 +168,6 @@ def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainCo
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             history, start = state["history"], state["epoch"] + 1
-    total = min(len(loader), config.max_batches or len(loader))
     with _progress(progress and (not distributed or dist.get_rank() == 0)) as bar:
         for epoch in range(start, config.epochs):
             torch.manual_seed(config.seed * 7_919 + epoch)
@@ -164,13 +186,13 @@ def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainCo
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 logits = outputs[0] if isinstance(outputs, tuple) else outputs
                 seen += targets.shape[0]
                 loss_sum += loss.item() * targets.shape[0]
                 if logits.dim() == 2 and targets.dim() == 1:
                     correct += int((logits.argmax(1) == targets).sum())
                 bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.4f} acc {correct / seen:.3f}")
-            scheduler.step()
             record = {"phase": phase, "epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
                       "train_accuracy": correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
             if evaluate_fn is not None:

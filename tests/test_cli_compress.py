@@ -17,12 +17,12 @@ LENET = ["compress", "falf_fx.models:lenet5", "--data", "digits"]
 
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory):
-    """One tiny run (1 pretraining epoch, 1 FALF round) shared by the tests that read its outputs."""
+    """One tiny run (1 pretraining epoch, 1 magnitude round, 1 fine-tuning epoch) shared by the tests that read its outputs."""
     folder = tmp_path_factory.mktemp("compress")
     out, report = folder / "slim.pt", folder / "report.json"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        status = main([*LENET, "--pretrain-epochs", "1", "--target-macs", "0.5", "--rounds", "1",
+        status = main([*LENET, "--pretrain-epochs", "1", "--target-macs", "0.5", "--rounds", "1", "--finetune-epochs", "1",
                        "--out", str(out), "--report", str(report)])
     assert status == 0
     return stdout.getvalue(), out, json.loads(report.read_text())
@@ -33,7 +33,7 @@ def test_report_json_says_macs_went_down(compressed):
     assert report["after"]["macs"] < report["before"]["macs"]
     assert report["macs_ratio"] == pytest.approx(report["after"]["macs"] / report["before"]["macs"])
     assert report["input_shape"] == [1, 1, 28, 28]  # taken from the digits' first batch
-    assert report["settings"]["method"] == "falf" and report["settings"]["target_macs"] == 0.5
+    assert report["settings"]["method"] == "magnitude" and report["settings"]["target_macs"] == 0.5
     assert [r["round"] for r in report["history"]] == [1] and report["history"][0]["kept"]
     assert [r["phase"] for r in report["pretrain"]] == ["pretrain"]
     assert report["before"]["accuracy"] > 0.5  # one epoch on the digits already learns them
@@ -64,7 +64,7 @@ def test_text_output_is_the_before_after_table(compressed):
     (["--target-macs", "0.5", "--input-shape", "1,3,32,32"],
      "does not run on inputs of shape (1, 3, 32, 32) from --data digits"),
     (["--target-macs", "0.0001"], "target_macs=0.0001 cannot be reached"),
-    (["--target-macs", "0.5", "--method-option", "score=bogus"], "FALF score must be one of"),
+    (["--target-macs", "0.5", "--method", "falf", "--method-option", "score=bogus"], "FALF score must be one of"),
     (["--target-macs", "0.5", "--method-option", "score"], "--method-option must be KEY=VALUE"),
 ])
 def test_user_errors_exit_2_with_one_line(extra, message, tmp_path, capsys):

@@ -102,3 +102,23 @@ def test_ddp_ranks_end_identical_and_share_scores(tmp_path):
     for a, b in zip(rank0["weights"].values(), rank1["weights"].values()):
         assert torch.equal(a, b)
     assert torch.equal(rank0["scores"], torch.full((4,), 0.5)) and torch.equal(rank1["scores"], rank0["scores"])
+
+
+def test_one_schedule_spans_several_calls(loader):
+    """Two calls sharing a 4-epoch horizon step the learning rate exactly as one 4-epoch call."""
+    whole = TrainConfig(epochs=4, lr=0.1, warmup=0.25)
+    one = train(lenet5(), loader, CE, whole, progress=False)
+    steps = len(loader)
+    halves = [train(lenet5(), loader, CE, TrainConfig(epochs=2, lr=0.1, warmup=0.25, horizon=4 * steps,
+                                                       offset=k * 2 * steps), progress=False) for k in (0, 1)]
+    assert [r["lr"] for r in one] == pytest.approx([r["lr"] for h in halves for r in h])
+    assert one[0]["lr"] > one[1]["lr"] > one[2]["lr"] > one[3]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warm_up_ramps_then_cosine_decays():
+    from falf_fx.training import lr_factor
+    config = TrainConfig(warmup=0.1)
+    factors = [lr_factor(config, step, 100) for step in range(100)]
+    assert factors[0] < factors[5] < factors[10] == pytest.approx(1.0, abs=0.01)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert lr_factor(TrainConfig(schedule="constant"), 99, 100) == 1.0

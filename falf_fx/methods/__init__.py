@@ -9,12 +9,13 @@ from .falf import FALF, Stability
 from .magnitude import Magnitude
 from .play_and_prune import PlayAndPrune
 from .pruner_network import PrunerNetwork
+from .taylor import Taylor
 
 __all__ = ["METHODS", "FALF", "Magnitude", "Proposal", "PruningMethod", "Round", "ScoreMethod", "Stability",
-           "make_method"]
+           "Taylor", "make_method"]
 
 METHODS = {"falf": FALF, "stability": Stability, "magnitude": Magnitude, "correlation": Correlation,
-           "pruner_network": PrunerNetwork, "play_and_prune": PlayAndPrune}
+           "pruner_network": PrunerNetwork, "play_and_prune": PlayAndPrune, "taylor": Taylor}
 
 
 def make_method(name: str, **options: Any) -> PruningMethod:

@@ -19,11 +19,10 @@ from torch.utils.data import DataLoader
 
 from passes.analysis import Analysis, tensor_named
 from passes.plan import PruningPlan
-from passes.rewrite import slim_graph_module
 
 from ..checkpoint import CheckpointStore
-from ..planning import plan_for_macs
-from ..training import LossFn, all_reduce_mean
+from ..planning import MacsModel, allocate
+from ..training import LossFn, TrainConfig, all_reduce_mean, train
 
 __all__ = ["Round", "Proposal", "PruningMethod", "MethodBase", "ScoreMethod", "plan_to_goal", "shared_scores",
            "weight_members"]
@@ -49,10 +48,23 @@ class Round:
     checkpoints: Optional[CheckpointStore] = None
     resume: bool = False
     progress: bool = True
+    macs_model: Optional[MacsModel] = None  # predicts a plan's MACs on ``gm`` without slimming
+    allocation: str = "uniform"  # how a MACs goal is shared between groups (planning.ALLOCATIONS)
+    min_keep: float = 0.05  # the share of every group that allocation keeps
+    auxiliary_epochs: dict[str, int] = field(default_factory=dict)  # phase kind -> epochs the method trained
 
     def phase(self, name: str) -> str:
         """A checkpoint phase name unique to this round."""
         return f"round{self.index}-{name}"
+
+    def train(self, model: torch.nn.Module, loader: DataLoader, loss: LossFn, config: TrainConfig,
+              kind: str) -> list[dict]:
+        """A method's own training phase: checkpointed under this round, counted in ``auxiliary_epochs``."""
+        history = train(model, loader, loss, config, phase=self.phase(kind), checkpoints=self.checkpoints,
+                        resume=self.resume, progress=self.progress)
+        family = kind.split("-")[0]
+        self.auxiliary_epochs[family] = self.auxiliary_epochs.get(family, 0) + config.epochs
+        return history
 
 
 @dataclass
@@ -98,7 +110,7 @@ class ScoreMethod(MethodBase):
     """A method that scores channels (higher = keep); the global MACs allocation does the rest."""
 
     name = "score"
-    default_rounds = 4
+    default_rounds = 1  # one-shot, then the whole fine-tuning budget: the quality benchmark's winner
 
     def scores(self, round_: Round) -> dict[int, np.ndarray]:
         raise NotImplementedError
@@ -108,25 +120,11 @@ class ScoreMethod(MethodBase):
         return Proposal(plan_to_goal(round_, scores), round_.gm)
 
 
-def plan_to_goal(round_: Round, scores: dict[int, np.ndarray], attempts: int = 4) -> PruningPlan:
-    """Remove the lowest scores until the round's MACs goal is met, as counted on the slim model.
-
-    Per-channel costs overestimate what removing both a layer's inputs and outputs
-    saves (the savings multiply, they do not add), so a single pass lands short of
-    the goal; the budget is scaled by the measured shortfall and planned again.
-    """
-    budget = round_.macs_to_remove
-    plan = plan_for_macs(round_.analysis, scores, budget, round_.costs)
-    if round_.count_macs is None or not np.isfinite(budget):
-        return plan
-    goal = round_.total_macs - budget
-    for _ in range(attempts - 1):
-        left = round_.count_macs(slim_graph_module(round_.gm, plan, verify=False))
-        if left <= goal * 1.01:
-            break
-        budget *= (round_.total_macs - goal) / max(round_.total_macs - left, 1.0)
-        plan = plan_for_macs(round_.analysis, scores, budget, round_.costs)
-    return plan
+def plan_to_goal(round_: Round, scores: dict[int, np.ndarray]) -> PruningPlan:
+    """Remove channels in the round's allocation order until its predicted MACs meet the goal."""
+    macs = round_.macs_model or MacsModel(round_.analysis, {}, round_.total_macs)
+    goal = round_.total_macs - round_.macs_to_remove if np.isfinite(round_.macs_to_remove) else 0.0
+    return allocate(round_.analysis, scores, goal, macs, round_.allocation, round_.costs, round_.min_keep)
 
 
 def shared_scores(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

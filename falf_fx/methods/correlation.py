@@ -40,7 +40,7 @@ from passes.plan import PruningPlan
 
 from ..importance import group_importance
 from ..planning import _repair_emptied_axes
-from ..training import TrainConfig, train
+from ..training import TrainConfig
 from .base import MethodBase, Proposal, Round
 
 __all__ = ["Correlation", "PENALTIES", "correlation_penalty", "pair_pearson", "pearson", "producer_filters",
@@ -218,10 +218,9 @@ class Correlation(MethodBase):
             rho = torch.cat([pair_pearson(producer_filters(model, groups[gid]), *ab) for gid, ab in index.items()])
             return round_.main_loss(outputs, batch) + self.mu * correlation_penalty(rho, self.penalty)
 
-        train(model, round_.train_loader, loss,
-              TrainConfig(epochs=self.raise_epochs, lr=self.raise_lr, seed=round_.seed, schedule="constant"),
-              phase=round_.phase("correlate"), checkpoints=round_.checkpoints, resume=round_.resume,
-              progress=round_.progress)
+        round_.train(model, round_.train_loader, loss,
+                     TrainConfig(epochs=self.raise_epochs, lr=self.raise_lr, seed=round_.seed, schedule="constant"),
+                     "correlate")
 
     @staticmethod
     def _pair_rho(model: nn.Module, groups: dict, pairs: dict[int, list[Pair]]) -> float | None:

@@ -25,7 +25,7 @@ from torch import fx, nn
 from passes.instrument import AttachFatuousHeads
 
 from ..data import with_indices
-from ..training import TrainConfig, epoch_loader, train
+from ..training import TrainConfig, epoch_loader
 from .base import Proposal, Round, ScoreMethod, plan_to_goal, shared_scores, weight_members
 
 __all__ = ["FALF", "Stability", "FATUOUS_TARGETS", "FALF_SCORES"]
@@ -122,10 +122,9 @@ class FALF(ScoreMethod):
             fatuous = sum(task.loss(head, batch[2]) for head in heads) / len(heads)
             return round_.main_loss(main, batch) + self.lam * fatuous
 
-        train(instrumented, loader, combined,
-              TrainConfig(epochs=self.aux_epochs, lr=self.aux_lr, seed=round_.seed, schedule="constant"),
-              phase=round_.phase("fatuous"), checkpoints=round_.checkpoints, resume=round_.resume,
-              progress=round_.progress)
+        round_.train(instrumented, loader, combined,
+                     TrainConfig(epochs=self.aux_epochs, lr=self.aux_lr, seed=round_.seed, schedule="constant"),
+                     "fatuous")
         main, fatuous = self._saliency(round_, trained, instrumented, loader, task)
         if self.score == "drift":
             drift = {n: p.detach() - before[n] for n, p in trained.named_parameters()}

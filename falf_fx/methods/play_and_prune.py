@@ -37,7 +37,7 @@ from passes.plan import PruningPlan
 
 from ..planning import plan_for_macs
 from ..testing import MaskedReference
-from ..training import TrainConfig, all_reduce_mean, epoch_loader, train
+from ..training import TrainConfig, all_reduce_mean, epoch_loader
 from .base import Proposal, Round, weight_members
 
 __all__ = ["PlayAndPrune", "Setting", "next_setting"]
@@ -150,10 +150,9 @@ class PlayAndPrune:
             penalty = sum(scale[g] * n[candidates[g]].sum() for g, n in norms().items())
             return round_.main_loss(outputs, batch) + lam * penalty
 
-        train(model, round_.train_loader, regularised,
-              TrainConfig(epochs=self.reg_epochs, lr=self.reg_lr, seed=round_.seed, schedule="constant"),
-              phase=round_.phase("regularise"), checkpoints=round_.checkpoints, resume=round_.resume,
-              progress=round_.progress)
+        round_.train(model, round_.train_loader, regularised,
+                     TrainConfig(epochs=self.reg_epochs, lr=self.reg_lr, seed=round_.seed, schedule="constant"),
+                     "regularise")
         with torch.no_grad():
             end = norms()
         zeroed = {g: ((end[g] <= self.zero * mean[g]) & unfrozen[g]).numpy() for g in end}

@@ -48,7 +48,7 @@ from passes.rewrite import slim_graph_module
 from ..errors import FalfError
 from ..flops import count_cost
 from ..planning import _repair_emptied_axes
-from ..training import TrainConfig, train
+from ..training import TrainConfig
 from .base import MethodBase, Proposal, Round, shared_scores
 
 __all__ = ["PrunerNetwork", "GatedNetwork", "as_removals", "gate_spread", "removal_order", "threshold_removals"]
@@ -262,8 +262,7 @@ class PrunerNetwork(MethodBase):
             config = (TrainConfig(epochs=1, lr=self.pruner_lr, optimizer="adam", weight_decay=0.0, seed=seed,
                                   schedule="constant", max_batches=self.max_batches) if pruner_only else
                       TrainConfig(epochs=1, lr=self.lr, schedule="constant", max_batches=self.max_batches, seed=seed))
-            train(network, train_loader, loss, config, phase=round_.phase(f"npn-trial{number}-epoch{epoch}"),
-                  checkpoints=round_.checkpoints, resume=round_.resume, progress=round_.progress)
+            round_.train(network, train_loader, loss, config, f"npn-trial{number}-epoch{epoch}")
             mean_gates = self._mean_gates(network, heldout)
             if gate_spread(mean_gates, frozen) >= self.spread and float(network.alpha) < self.alpha_max:
                 network.alpha.fill_(min(float(network.alpha) * self.alpha_step, self.alpha_max))

@@ -1,0 +1,54 @@
+"""Distillation from the unpruned model: the blended loss, a frozen teacher, clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from falf_fx.distill import Distillation, DistillationError, distillation_loss
+
+CE = lambda out, batch: nn.functional.cross_entropy(out, batch[1])  # noqa: E731
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def test_a_student_equal_to_its_teacher_has_no_distillation_term():
+    teacher, x, y = _net(), torch.randn(16, 6), torch.randint(0, 4, (16,))
+    loss = distillation_loss(teacher, CE, Distillation(alpha=1.0, temperature=3.0))
+    assert float(loss(teacher.eval()(x), (x, y))) == pytest.approx(0.0, abs=1e-6)
+    half = distillation_loss(teacher, CE, Distillation(alpha=0.5))
+    outputs = teacher(x)
+    assert float(half(outputs, (x, y))) == pytest.approx(0.5 * float(CE(outputs, (x, y))), rel=1e-5)
+
+
+def test_the_kl_term_pulls_towards_the_teacher_and_the_teacher_never_moves():
+    teacher, student = _net(), nn.Sequential(nn.Linear(6, 4))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x, y = torch.randn(32, 6), torch.randint(0, 4, (32,))
+    loss = distillation_loss(teacher, CE, Distillation(alpha=1.0, temperature=2.0))
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+    first = None
+    for _ in range(50):
+        value = loss(student(x), (x, y))
+        first = first if first is not None else float(value)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    assert float(value) < 0.5 * first
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert teacher.training  # the caller's teacher keeps its mode: the loss uses a frozen copy
+
+
+def test_outputs_that_are_not_logits_and_bad_settings_are_refused():
+    teacher = nn.Sequential(nn.Linear(6, 4), nn.Unflatten(1, (2, 2)))
+    loss = distillation_loss(teacher, CE, Distillation())
+    x = torch.randn(4, 6)
+    with pytest.raises(DistillationError, match=r"not class logits .* pass distill=0"):
+        loss(torch.randn(4, 2, 2), (x, torch.zeros(4, dtype=torch.long)))
+    with pytest.raises(DistillationError, match="distill must be a weight in"):
+        Distillation(alpha=1.5)
+    with pytest.raises(DistillationError, match="distill_temperature"):
+        Distillation(temperature=0)
