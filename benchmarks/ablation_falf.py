@@ -91,7 +91,8 @@ def run_config(task: dict) -> dict:
     try:
         result = falf_fx.compress(model, train_loader, method=task["method"], val_loader=val_loader,
                                   target_macs=task["target_macs"], rounds=task["rounds"],
-                                  finetune_epochs=task["finetune_epochs"], finetune_lr=task["finetune_lr"],
+                                  finetune_epochs=task["finetune_epochs"] * task["rounds"],  # per round -> whole run
+                                  finetune_lr=task["finetune_lr"],
                                   seed=task["seed"], progress=False, measure_latency=False, **options)
     except Exception as error:  # a failure is a recorded result, not an aborted ablation
         return {**_public(task), "error": f"{type(error).__name__}: {error}",

@@ -84,7 +84,7 @@ def run(task: dict) -> dict:
     try:
         result = falf_fx.compress(model, train_loader, method=task["method"], val_loader=val_loader,
                                   target_macs=task["target_macs"], tolerance=task["tolerance"],
-                                  rounds=task["rounds"], finetune_epochs=task["finetune_epochs"],
+                                  rounds=task["rounds"], finetune_epochs=task["finetune_epochs"] * task["rounds"],
                                   seed=task["seed"], progress=False, measure_latency=False, **task["options"])
     except Exception as error:
         return {**public, "error": f"{type(error).__name__}: {error}", "seconds": round(time.perf_counter() - t0, 1)}

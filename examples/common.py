@@ -24,11 +24,12 @@ def example_parser(doc: str, *, epochs: int, rounds: int, lr: float, batch_size:
     """The flags every example takes; the defaults are the example's full run, the tiny-run
     flags (``--epochs 1 --max-batches 2 --limit 64 --rounds 1``) make it a seconds-long smoke test."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", choices=("falf", "stability", "magnitude"), default="falf")
+    parser.add_argument("--method", choices=("falf", "stability", "magnitude", "taylor"), default="falf")
     parser.add_argument("--target-macs", type=float, default=0.5, help="fraction of the MACs to keep")
     parser.add_argument("--epochs", type=int, default=epochs, help="pretraining epochs (0: keep the init)")
     parser.add_argument("--rounds", type=int, default=rounds, help="score -> slim -> fine-tune rounds")
-    parser.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs per round")
+    parser.add_argument("--finetune-epochs", type=int, default=8,
+                        help="fine-tuning epochs of the whole run, shared by the rounds")
     parser.add_argument("--lr", type=float, default=lr, help="pretraining learning rate")
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--max-batches", type=int, default=None, help="pretraining batches per epoch")

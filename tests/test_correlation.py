@@ -201,7 +201,8 @@ def test_tolerance_keeps_only_rounds_inside_it(data, trained):
 
 
 def test_a_killed_correlation_run_resumes_to_the_same_result(data, trained, tmp_path):
-    options = dict(method="correlation", val_loader=data[1], target_macs=0.4, rounds=2, seed=1, progress=False)
+    options = dict(method="correlation", val_loader=data[1], target_macs=0.4, rounds=2, seed=1, finetune_epochs=2,
+                   progress=False)
     uninterrupted = falf_fx.compress(_model(trained), data[0], **options)
 
     class Killed(Exception):

@@ -331,3 +331,25 @@ def test_load_data_rejects_bad_specs(spec, kwargs, message):
     with pytest.raises(DataError, match=message):
         load_data(spec, **kwargs)
     assert issubclass(DataError, ValueError)
+
+
+def test_shapes_loaders_are_seeded_balanced_and_standardised():
+    from falf_fx.data import SHAPE_CLASSES, shapes_loaders
+    train, val = shapes_loaders(num_train=500, num_val=100, batch_size=50, seed=3)
+    again, _ = shapes_loaders(num_train=500, num_val=100, batch_size=50, seed=3)
+    other, _ = shapes_loaders(num_train=500, num_val=100, batch_size=50, seed=4)
+    images, labels = train.dataset.tensors
+    assert images.shape == (500, 3, 32, 32) and len(val.dataset) == 100 and len(SHAPE_CLASSES) == 10
+    assert torch.equal(images, again.dataset.tensors[0]) and not torch.equal(images, other.dataset.tensors[0])
+    assert labels.bincount().tolist() == [50] * 10 and val.dataset.tensors[1].bincount().tolist() == [10] * 10
+    assert images.mean((0, 2, 3)).abs().max() < 1e-4 and (images.std((0, 2, 3)) - 1).abs().max() < 1e-3
+
+
+def test_every_shape_class_draws_a_distinct_mask():
+    from falf_fx.data import _shape_masks
+    axis = torch.linspace(-1.0, 1.0, 32)
+    v, u = torch.meshgrid(axis, axis, indexing="ij")
+    masks = _shape_masks(u[None], v[None])[:, 0].flatten(1)
+    assert (masks.sum(1) > 20).all()  # every shape covers some pixels at scale 1
+    differ = (masks[:, None] != masks[None]).float().mean(-1)
+    assert differ[~torch.eye(10, dtype=torch.bool)].min() > 0.02  # no two classes alike

@@ -11,7 +11,7 @@ from torch import nn
 from tests.test_data import _cifar_images, _write_cifar_batch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TINY = ["--epochs", "1", "--max-batches", "2", "--rounds", "1", "--batch-size", "16"]
+TINY = ["--epochs", "1", "--max-batches", "2", "--rounds", "1", "--finetune-epochs", "1", "--batch-size", "16"]
 
 
 @pytest.fixture

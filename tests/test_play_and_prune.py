@@ -180,7 +180,7 @@ def test_play_and_prune_stops_at_a_macs_target(data, trained):
 
 def test_a_killed_play_and_prune_resumes_to_the_same_result(data, trained, tmp_path):
     options = dict(method="play_and_prune", val_loader=data[1], tolerance=0.03, rounds=2, seed=1, threshold=1.0,
-                   lam=1.0, progress=False)
+                   lam=1.0, finetune_epochs=2, progress=False)
     uninterrupted = falf_fx.compress(_model(trained), data[2], **options)
 
     class Killed(Exception):

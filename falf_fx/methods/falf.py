@@ -112,6 +112,11 @@ class FALF(ScoreMethod):
 
     def scores(self, round_: Round, trained: fx.GraphModule) -> dict[int, np.ndarray]:
         """Train ``trained`` (a copy of ``round_.gm``) with the fatuous head and score its channels."""
+        main, devotion = self.devotion(round_, trained)
+        return shared_scores({g: main[g] * (1.0 - devotion[g]) for g in main})
+
+    def devotion(self, round_: Round, trained: fx.GraphModule) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        """Per channel, its main-task saliency and its devotion in [0, 1] to the fatuous task."""
         loader = with_indices(round_.train_loader)
         task = FatuousTask(self.target, round_.num_classes, len(loader.dataset), round_.seed)
         instrumented = AttachFatuousHeads(round_.num_classes, self.points, seed=round_.seed)(trained).graph_module
@@ -131,10 +136,8 @@ class FALF(ScoreMethod):
             moved = _per_channel(round_, drift, reduce_sq=True)
             size = _per_channel(round_, before, reduce_sq=True)
             relative = {g: np.sqrt(moved[g]) / (np.sqrt(size[g]) + 1e-12) for g in moved}
-            devotion = {g: r / (r + np.median(r) + 1e-12) for g, r in relative.items()}
-        else:
-            devotion = {g: fatuous[g] / (fatuous[g] + main[g] + 1e-12) for g in main}
-        return shared_scores({g: main[g] * (1.0 - devotion[g]) for g in main})
+            return main, {g: r / (r + np.median(r) + 1e-12) for g, r in relative.items()}
+        return main, {g: fatuous[g] / (fatuous[g] + main[g] + 1e-12) for g in main}
 
     def _saliency(self, round_: Round, trained, instrumented, loader, task) -> tuple[dict, dict]:
         """Per channel, |w * dL/dw| summed over a few batches, for the main and the fatuous loss."""
