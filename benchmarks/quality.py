@@ -11,6 +11,8 @@ for GroupNormPruner) come on top and are recorded.
 Recipes:
 - ``falf_fx``: ``falf_fx.compress`` with its defaults; ``falf_fx:<name>`` a variant
   from ``VARIANTS`` (ablations: no distillation, 4 rounds, other allocations, methods);
+  ``falf_fx@<macs>`` plans to ``<macs>`` instead of the cell's target: where a peer's
+  rounding lands far below the target, this compares the two at the peer's MACs;
 - ``tp-l1``, ``tp-taylor``, ``tp-groupnorm``: Torch-Pruning 1.6.1, uniform per layer,
   stepped until the MACs target, then fine-tuned with plain cross-entropy;
 - ``modelopt-fastnas``: NVIDIA ModelOpt's FastNAS search under a FLOPs constraint,
@@ -176,8 +178,9 @@ def run(task: dict) -> dict:
         recipe = task["recipe"]
         if recipe.startswith("falf_fx"):
             import falf_fx
+            recipe, _, at = recipe.partition("@")  # falf_fx@0.048: the cell of task["target"], planned to 0.048
             options = dict(VARIANTS[recipe.split(":", 1)[1]]) if ":" in recipe else {}
-            result = falf_fx.compress(model, train_loader, val_loader=val_loader, target_macs=task["target"],
+            result = falf_fx.compress(model, train_loader, val_loader=val_loader, target_macs=float(at or task["target"]),
                                       finetune_epochs=FINETUNE["epochs"], seed=task["seed"], progress=False,
                                       measure_latency=False, **options)
             slim, extra = result.model, {"budget": result.report["budget"], "target_met": result.report["target"]}
@@ -233,7 +236,48 @@ def _write(settings: dict, bases: list, runs: list, started: float) -> None:
                      {(b2["model"], b2["seed"]) for b2 in bases}]
         payload["runs"], payload["pretrained"] = kept + runs, old_bases + bases
         payload["summary"] = summarize(payload["runs"], payload["pretrained"])
+        earlier = previous.get("invocations", [previous.get("settings", {})])
+        payload["invocations"] = earlier + [settings] if earlier[-1] != settings else earlier
     RESULTS.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def report(path: Path = RESULTS) -> str:
+    """The README table (markdown) and the frontier plot (PNG beside the JSON) from the results."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    payload = json.loads(path.read_text())
+    summary = payload["summary"]
+    models = sorted(summary)
+    figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    lines = []
+    for axis, model in zip(axes[0], models):
+        cells = {k: v for k, v in summary[model].items() if isinstance(v, dict)}
+        targets = sorted({t for v in cells.values() for t in v}, key=float, reverse=True)
+        lines += [f"\n**{model}** (unpruned {100 * summary[model]['base_accuracy_mean']:.1f}%)\n",
+                  "| recipe | " + " | ".join(f"{t} of the MACs" for t in targets) + " |",
+                  "|---|" + "---|" * len(targets)]
+        for recipe in sorted(cells, key=lambda r: (not r.startswith("falf_fx"), r)):
+            row = []
+            for t in targets:
+                c = cells[recipe].get(t)
+                row.append("–" if c is None else f"{100 * c['accuracy_mean']:.1f} ± {100 * (c['accuracy_std'] or 0):.1f} "
+                           f"(n={c['n_seeds']}, {c['macs_ratio_mean']:.3f})")
+            lines.append(f"| {recipe} | " + " | ".join(row) + " |")
+            xs = [cells[recipe][t]["macs_ratio_mean"] for t in targets if t in cells[recipe]]
+            ys = [100 * cells[recipe][t]["accuracy_mean"] for t in targets if t in cells[recipe]]
+            es = [100 * (cells[recipe][t]["accuracy_std"] or 0) for t in targets if t in cells[recipe]]
+            style = "-o" if recipe == "falf_fx" else ("--s" if recipe.startswith(("tp-", "modelopt")) else ":.")
+            axis.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=recipe, alpha=0.9)
+        axis.axhline(100 * summary[model]["base_accuracy_mean"], color="grey", lw=0.8, ls="--", label="unpruned")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("MACs kept (fraction of the original)")
+        axis.set_ylabel("validation accuracy (%)")
+        axis.set_title(f"{model} on shapes_loaders")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path.with_suffix(".png"), dpi=110)
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -246,14 +290,18 @@ def main() -> None:
     parser.add_argument("--cache", default=".bench-cache")
     parser.add_argument("--merge", action="store_true", help="keep the earlier JSON's runs of other cells")
     parser.add_argument("--pretrain-only", action="store_true", help="train and cache the base models, then stop")
+    parser.add_argument("--report", action="store_true", help="print the README table and draw the PNG, then stop")
     args = parser.parse_args()
+    if args.report:
+        print(report())
+        return
     models, seeds = args.models.split(","), [int(s) for s in args.seeds.split(",")]
     targets, recipes = [float(t) for t in args.targets.split(",")], args.recipes.split(",")
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     settings = {"task": "falf_fx.data.shapes_loaders(seed=0): 10,000 train / 2,000 val, 32x32 RGB, 10 classes",
                 "batch_size": BATCH_SIZE, "pretrain": PRETRAIN, "finetune": FINETUNE, "variants": VARIANTS,
-                "targets": targets, "seeds": seeds, "merge": args.merge}
+                "models": models, "targets": targets, "seeds": seeds, "recipes": recipes, "merge": args.merge}
     started = time.perf_counter()
     with mp.get_context("spawn").Pool(args.workers) as pool:
         bases = pool.starmap(pretrain, [(m, s, cache) for m in models for s in seeds])

@@ -89,18 +89,13 @@ def _symmetric(n: int, seed: int, planted: dict[tuple[int, int], float] = {}) ->
     return rho
 
 
-def test_pairs_follow_mac_shares_stay_disjoint_and_cover_the_budget():
-    sizes, macs = {0: 40, 1: 40, 2: 30}, {0: 6000.0, 1: 2000.0, 2: 4000.0}
-    costs = {g: np.full(n, macs[g] / n) for g, n in sizes.items()}
+def test_pairs_meet_the_quotas_stay_disjoint_and_take_the_strongest_first():
+    sizes, quotas = {0: 40, 1: 40, 2: 30}, {0: 12, 1: 4, 2: 8}
     rho = {0: _symmetric(40, 0, {(2, 5): -0.99, (7, 9): 0.97}), 1: _symmetric(40, 1), 2: _symmetric(30, 2)}
     frozen = {g: np.zeros(n, bool) for g, n in sizes.items()}
     scores = {g: np.arange(n, dtype=float) for g, n in sizes.items()}
-    budget = 3000.0
-    pairs = select_pairs(rho, macs, costs, budget, frozen, scores)
-    counts = {g: len(p) for g, p in pairs.items()}
-    assert counts == {0: 12, 1: 4, 2: 8}  # 3 : 1 : 2, as the MACs
-    saved = sum(costs[g][drop] for g, ps in pairs.items() for _, drop in ps)
-    assert budget <= saved < budget + max(c.max() for c in costs.values())
+    pairs = select_pairs(rho, quotas, frozen, scores)
+    assert {g: len(p) for g, p in pairs.items()} == quotas
     for g, ps in pairs.items():
         channels = [c for pair in ps for c in pair]
         assert len(channels) == len(set(channels))  # disjoint
@@ -113,20 +108,41 @@ def test_pairs_never_drop_a_frozen_channel_nor_empty_a_group():
     rho = {0: _symmetric(4, 3, {(0, 1): 0.9, (2, 3): 0.8}), 1: _symmetric(3, 4)}
     frozen = {0: np.array([True, True, False, False]), 1: np.array([False, True, False])}
     scores = {0: np.array([0.0, 0.0, 5.0, 9.0]), 1: np.array([0.0, 0.0, 9.0])}
-    pairs = select_pairs(rho, {0: 1.0, 1: 1.0}, {0: np.ones(4), 1: np.ones(3)}, float("inf"), frozen, scores)
+    pairs = select_pairs(rho, {0: 4, 1: 4}, frozen, scores)
     assert pairs[0] == [(3, 2)]  # (0, 1) are both frozen: never a pair
     assert len(pairs[1]) == 1 and pairs[1][0][1] != 1  # the frozen one is kept even with the lower score
-    with_none_left = select_pairs({0: _symmetric(2, 5)}, {0: 1.0}, {0: np.ones(2)}, float("inf"),
-                                  {0: np.zeros(2, bool)}, {0: np.zeros(2)})
+    with_none_left = select_pairs({0: _symmetric(2, 5)}, {0: 3}, {0: np.zeros(2, bool)}, {0: np.zeros(2)})
     assert len(with_none_left[0]) == 1  # a group of two gives one pair, then has nothing left
 
 
-def test_a_group_without_macs_gives_no_pairs_and_a_zero_budget_takes_none():
+def test_a_group_without_a_quota_gives_no_pairs():
     rho = {0: _symmetric(6, 6), 1: _symmetric(6, 7)}
-    args = ({0: 0.0, 1: 5.0}, {0: np.zeros(6), 1: np.ones(6)})
     frozen, scores = {0: np.zeros(6, bool), 1: np.zeros(6, bool)}, {0: np.zeros(6), 1: np.zeros(6)}
-    assert list(select_pairs(rho, *args, 2.5, frozen, scores)) == [1]
-    assert select_pairs(rho, *args, 0.0, frozen, scores) == {}
+    assert list(select_pairs(rho, {0: 0, 1: 2}, frozen, scores)) == [1]
+    assert select_pairs(rho, {}, frozen, scores) == {}
+
+
+def test_a_residual_stream_loses_the_same_share_as_the_other_groups():
+    """The paper's FLOPs-proportional pair counts cut ResNet-20's streams hardest; the allocation does not."""
+    from falf_fx.flops import count_cost, macs_by_module
+    from falf_fx.methods import Round
+    from falf_fx.models import resnet20
+    from falf_fx.planning import MacsModel, channel_mac_costs
+    from passes.analysis import analyze_graph
+    x = torch.randn(1, 3, 32, 32)
+    gm = falf_fx.trace(resnet20().eval(), x)
+    analysis = analyze_graph(gm)
+    per_module, total = macs_by_module(gm, x), count_cost(gm, x).macs
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32),
+                                                                        torch.randint(0, 10, (8,))), batch_size=4)
+    round_ = Round(gm, analysis, loader, CE, 10, 0, 0, macs_to_remove=0.5 * total, total_macs=total,
+                   costs=channel_mac_costs(analysis, per_module), macs_model=MacsModel(analysis, per_module, total),
+                   progress=False)
+    proposal = Correlation(raise_epochs=0).propose(round_)
+    shares = {g.id: len(proposal.plan.removals.get(g.id, ())) / g.size for g in analysis.prunable_groups}
+    streams = [g.id for g in analysis.prunable_groups if len(g.producers) > 2]
+    assert streams and max(shares[g] for g in streams) <= max(s for g, s in shares.items() if g not in streams)
+
 
 # -- the regulariser --------------------------------------------------------------------------------
 
