@@ -222,7 +222,6 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude",
         per_module = macs_by_module(gm, example)
         round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, macs_to_remove=current - goal_macs,
                        costs=channel_mac_costs(analysis, per_module), total_macs=current,
-                       count_macs=lambda m: count_cost(m, example).macs,
                        target_macs=None if target_macs is None else target_macs * before.macs,
                        val_loader=val_loader, checkpoints=store, resume=resume, progress=progress,
                        macs_model=MacsModel(analysis, per_module, current), allocation=allocation,

@@ -8,7 +8,6 @@ fine-tune, measure, checkpoint, stop.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -43,15 +42,22 @@ class Round:
     costs: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> MACs saved per channel removed
     total_macs: float = 0.0  # MACs of ``gm``
     target_macs: Optional[float] = None  # absolute MACs to end at (None: tolerance only)
-    count_macs: Optional[Callable[[fx.GraphModule], float]] = None  # fvcore MACs of a model on the example input
     val_loader: Optional[DataLoader] = None
     checkpoints: Optional[CheckpointStore] = None
     resume: bool = False
     progress: bool = True
-    macs_model: Optional[MacsModel] = None  # predicts a plan's MACs on ``gm`` without slimming
+    macs_model: Optional[MacsModel] = None  # predicts a plan's MACs on ``gm`` without slimming (None: made here)
     allocation: str = "uniform"  # how a MACs goal is shared between groups (planning.ALLOCATIONS)
     min_keep: float = 0.05  # the share of every group that allocation keeps
     auxiliary_epochs: dict[str, int] = field(default_factory=dict)  # phase kind -> epochs the method trained
+
+    def __post_init__(self) -> None:
+        if self.macs_model is None:  # counted once with fvcore on zeros shaped like the traced inputs
+            from ..flops import count_cost, macs_by_module
+            example = tuple(torch.zeros(n.meta["val"].shape, dtype=n.meta["val"].dtype)
+                            for n in self.gm.graph.nodes if n.op == "placeholder")
+            self.total_macs = self.total_macs or float(count_cost(self.gm, example).macs)
+            self.macs_model = MacsModel(self.analysis, macs_by_module(self.gm, example), self.total_macs)
 
     def phase(self, name: str) -> str:
         """A checkpoint phase name unique to this round."""
@@ -122,9 +128,9 @@ class ScoreMethod(MethodBase):
 
 def plan_to_goal(round_: Round, scores: dict[int, np.ndarray]) -> PruningPlan:
     """Remove channels in the round's allocation order until its predicted MACs meet the goal."""
-    macs = round_.macs_model or MacsModel(round_.analysis, {}, round_.total_macs)
     goal = round_.total_macs - round_.macs_to_remove if np.isfinite(round_.macs_to_remove) else 0.0
-    return allocate(round_.analysis, scores, goal, macs, round_.allocation, round_.costs, round_.min_keep)
+    return allocate(round_.analysis, scores, goal, round_.macs_model, round_.allocation, round_.costs,
+                    round_.min_keep)
 
 
 def shared_scores(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

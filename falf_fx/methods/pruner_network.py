@@ -43,10 +43,8 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from passes.gates import GATED_GROUPS_KEY, InsertGates, remove_gates
 from passes.plan import PruningPlan
 from passes.pruner_network import HEADS_NAME, BuildPrunerNetwork
-from passes.rewrite import slim_graph_module
 
 from ..errors import FalfError
-from ..flops import count_cost
 from ..planning import _repair_emptied_axes
 from ..training import TrainConfig
 from .base import MethodBase, Proposal, Round, shared_scores
@@ -214,13 +212,10 @@ class PrunerNetwork(MethodBase):
         return PruningPlan.build(round_.analysis, removals)
 
     def _macs_left(self, round_: Round, removals: dict[int, list[int]], mean_gates: dict[int, np.ndarray]) -> float:
-        """Counted on the slim model: per-channel costs overlap (a conv loses inputs and outputs at once)."""
+        """Predicted from the analysis: per-channel costs overlap (a conv loses inputs and outputs at once)."""
         if not removals:
             return round_.total_macs
-        example = [torch.zeros(n.meta["val"].shape, dtype=n.meta["val"].dtype)
-                   for n in round_.gm.graph.nodes if n.op == "placeholder"]
-        slim = slim_graph_module(round_.gm, self._plan(round_, removals, mean_gates), verify=False)
-        return float(count_cost(slim, tuple(example)).macs)
+        return round_.macs_model.predict(self._plan(round_, removals, mean_gates).removed_channels())
 
     def _to_goal(self, round_: Round, trial: _Trial) -> dict[int, list[int]]:
         """The shortest prefix of the removal order that brings the MACs to this round's goal (bisection)."""
