@@ -34,6 +34,10 @@ bench: $(STAMP)
 
 # The training benchmarks (hours on 2 CPU cores; pretrained weights shared through one cache folder).
 bench-methods: $(STAMP)
+	$(PY) -c "import torch_pruning, modelopt" 2>/dev/null || $(PY) -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
+	$(PY) benchmarks/quality.py --cache .bench-cache
+	$(PY) benchmarks/quality.py --report
+	$(PY) benchmarks/criteria.py --cache .bench-cache
 	$(PY) benchmarks/ablation_falf.py --cache .bench-cache
 	$(PY) benchmarks/cfp_ablation.py
 	$(PY) benchmarks/methods.py --cache .bench-cache
