@@ -51,7 +51,7 @@ def _net(name: str, cache: Path):
         model = lenet5()
         train(model, train_loader, _ce, TrainConfig(epochs=12, lr=0.05, seed=0), progress=False)
         return model, train_loader, val_loader
-    from benchmarks.quality import PRETRAIN, _build, _loaders, pretrain
+    from benchmarks.quality import _build, _loaders, pretrain
     info = pretrain(name, 0, cache)
     model = _build(name)
     model.load_state_dict(torch.load(info["path"], weights_only=True))
