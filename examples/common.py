@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
 import falf_fx
-from falf_fx.report import compress_table
+from falf_fx.text_report import compress_table
 from falf_fx.training import TrainConfig, evaluate, train
 
 __all__ = ["example_parser", "first_samples", "pretrain_and_compress"]

@@ -35,7 +35,7 @@ with warnings.catch_warnings():
     # fvcore applies torch.jit.script at import time, which torch now deprecates on every run.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     from .flops import count_cost
-    from .report import CostReport, GroupsReport, compress_table, graph_json, graph_nodes, graph_table, to_dot
+    from .text_report import CostReport, GroupsReport, compress_table, graph_json, graph_nodes, graph_table, to_dot
 
 __all__ = ["main"]
 

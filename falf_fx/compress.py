@@ -22,7 +22,7 @@ from .capture import trace
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint
 from .errors import FalfError
 from .distill import Distillation, distillation_loss
-from .flops import count_cost, macs_by_module
+from .flops import count_cost, latency_ms, layer_widths, macs_by_module
 from .methods import make_method
 from .methods.base import Round
 from .planning import ALLOCATIONS, MacsModel, channel_mac_costs, plan_for_macs
@@ -71,23 +71,6 @@ def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> int:
         raise FalfError(f"labels range from {int(labels.min())} to {int(labels.max())} but the model has {classes} "
                         "outputs: fix the labels, or pass loss_fn= if the outputs are not class logits")
     return classes
-
-
-def _latency_ms(model: nn.Module, x: torch.Tensor) -> float:
-    from torch.utils import benchmark
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x})
-        latency = timer.blocked_autorange(min_run_time=0.2).median * 1e3
-    model.train(was_training)
-    return latency
-
-
-def _widths(model: nn.Module) -> dict[str, int]:
-    return {name: m.out_channels if hasattr(m, "out_channels") else m.out_features
-            for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
 
 
 def _check_target(gm: fx.GraphModule, example: torch.Tensor, target_macs: float) -> None:
@@ -199,7 +182,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude",
     before = count_cost(gm, example)
     base_acc = evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None
     report_before = {"macs": before.macs, "flops": before.flops, "params": before.params, "accuracy": base_acc,
-                     "latency_ms": _latency_ms(gm, example) if measure_latency else None, "widths": _widths(gm)}
+                     "latency_ms": latency_ms(gm, example) if measure_latency else None, "widths": layer_widths(gm)}
     budget = FineTuneBudget(finetune_epochs, rounds, finetune_lr, warmup, steps_per_epoch(loader, TrainConfig()))
     finetune_loss = distillation_loss(gm, main_loss, distillation) if distillation.enabled else main_loss
     history: list[dict[str, Any]] = []
@@ -254,9 +237,9 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude",
     report = {"before": report_before,
               "after": {"macs": after.macs, "flops": after.flops, "params": after.params,
                         "accuracy": evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None,
-                        "latency_ms": _latency_ms(gm, example) if measure_latency else None,
-                        "widths": _widths(gm)},
-              "method": pruner.name, "macs_ratio": after.macs / before.macs,
+                        "latency_ms": latency_ms(gm, example) if measure_latency else None,
+                        "widths": layer_widths(gm)},
+              "method": pruner.name, "method_options": dict(method_options), "macs_ratio": after.macs / before.macs,
               "target": _target_report(target_macs, after.macs / before.macs),
               "budget": _budget_report(budget, history, distillation, allocation, min_keep)}
     if store is not None:

@@ -17,7 +17,7 @@ from passes.analysis import Analysis
 
 from .capture import as_input_tuple
 
-__all__ = ["Cost", "count_cost", "macs_by_module", "prunable_macs_share"]
+__all__ = ["Cost", "count_cost", "latency_ms", "layer_widths", "macs_by_module", "prunable_macs_share"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,26 @@ def prunable_macs_share(analysis: Analysis, example_inputs: Any) -> float:
             touched.add(member.name.rpartition(".")[0])
     prunable = sum(macs for name, macs in per_module.items() if name in touched)
     return prunable / total if total else 0.0
+
+
+def latency_ms(model: nn.Module, example_inputs: Any) -> float:
+    """Median CPU latency of one forward pass in eval mode, in milliseconds, at torch's thread count.
+
+    torch.utils.benchmark picks the number of runs (at least 0.2 s of them), so
+    one slow first call does not decide it.
+    """
+    from torch.utils import benchmark
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        timer = benchmark.Timer(stmt="model(*x)", globals={"model": model, "x": as_input_tuple(example_inputs)})
+        latency = timer.blocked_autorange(min_run_time=0.2).median * 1e3
+    model.train(was_training)
+    return latency
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv and linear layer, by qualified name: what pruning changes."""
+    return {name: m.out_channels if hasattr(m, "out_channels") else m.out_features
+            for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}

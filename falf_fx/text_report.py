@@ -23,13 +23,19 @@ from passes.analysis import Analysis, ChannelGroup
 from .capture import as_input_tuple
 from .flops import Cost, count_cost, macs_by_module
 
-__all__ = ["CONVENTION", "compress_table", "CostReport", "GroupSummary", "GroupsReport", "NodeSummary", "graph_nodes",
+__all__ = ["CONVENTION", "FROZEN_COLOUR", "compress_table", "group_colour", "shape_label", "CostReport", "GroupSummary", "GroupsReport", "NodeSummary", "graph_nodes",
            "graph_json", "graph_table", "to_dot"]
 
 CONVENTION = "MACs = multiply-accumulates as counted by fvcore; FLOPs = 2 x MACs"
-_PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462",
-            "#b3de69", "#fccde5", "#bc80bd", "#ccebc5", "#ffed6f")  # ColorBrewer Set3 without its grey
-_FROZEN_COLOR = "#d9d9d9"
+FROZEN_COLOUR = "#d9d9d9"
+# ColorBrewer Set3 and Pastel1 without their greys: pale enough for black labels, distinct side by side.
+_PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5",
+            "#bc80bd", "#ccebc5", "#ffed6f", "#fbb4ae", "#b3cde3", "#decbe4", "#fed9a6", "#e5d8bd")
+
+
+def group_colour(group_id: int) -> str:
+    """The fill of a channel group, in the DOT output and the HTML report alike."""
+    return _PALETTE[group_id % len(_PALETTE)]
 
 
 def _si(n: float) -> str:
@@ -266,11 +272,11 @@ def graph_json(model: str, input_shape: Sequence[int], nodes: Sequence[NodeSumma
     return {"model": model, "input_shape": list(input_shape), "nodes": [n.to_json() for n in nodes]}
 
 
-def _shape_label(shape: Any) -> str:
+def shape_label(shape: Any) -> str:
     if shape is None:
         return ""
     if shape and isinstance(shape[0], list):
-        return ", ".join(_shape_label(s) for s in shape)
+        return ", ".join(shape_label(s) for s in shape)
     return _shape_text(shape) if shape else "scalar"
 
 
@@ -279,7 +285,7 @@ def graph_table(model: str, nodes: Sequence[NodeSummary]) -> Table:
     for name in ("Node", "Op", "Target", "Output shape", "Groups"):
         table.add_column(name, overflow="fold")
     for n in nodes:
-        table.add_row(*(Text(cell) for cell in (n.name, n.op, n.target, _shape_label(n.shape),
+        table.add_row(*(Text(cell) for cell in (n.name, n.op, n.target, shape_label(n.shape),
                                                  ", ".join(map(str, n.groups)) or "-")))
     return table
 
@@ -299,15 +305,15 @@ def to_dot(analysis: Analysis, name: str = "model") -> str:
     for node in graph_nodes(analysis):
         label = f"{node.name}\n{node.op}: {node.target}"
         if node.shape is not None:
-            label += f"\n{_shape_label(node.shape)}"
+            label += f"\n{shape_label(node.shape)}"
         attrs = ""
         if node.groups:
             label += "\ngroup " + ", ".join(f"{g}{' (frozen)' if g in frozen else ''}" for g in node.groups)
             if all(g in frozen for g in node.groups):
-                attrs = f', fillcolor="{_FROZEN_COLOR}", style="rounded,filled,dashed"'
+                attrs = f', fillcolor="{FROZEN_COLOUR}", style="rounded,filled,dashed"'
             else:
                 first = next(g for g in node.groups if g not in frozen)
-                attrs = f', fillcolor="{_PALETTE[first % len(_PALETTE)]}"'
+                attrs = f', fillcolor="{group_colour(first)}"'
         lines.append(f"  {_dot_quote(node.name)} [label={_dot_quote(label)}{attrs}];")
         lines.extend(f"  {_dot_quote(src)} -> {_dot_quote(node.name)};" for src in node.inputs)
     lines.append("}")

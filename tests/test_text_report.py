@@ -8,7 +8,7 @@ from torch import nn
 
 import falf_fx
 from falf_fx.flops import Cost
-from falf_fx.report import CostReport, GroupsReport, graph_nodes, graph_table, to_dot
+from falf_fx.text_report import CostReport, GroupsReport, graph_nodes, graph_table, to_dot
 
 # conv 3->8 (3x3, 8x8 input -> 6x6) then conv 8->4 (1x1): MACs by hand.
 CONV0_MACS = 8 * 6 * 6 * 3 * 3 * 3
