@@ -6,6 +6,7 @@ no script and no network to open, and text stays text (searchable, selectable).
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -28,14 +29,17 @@ def _pyplot() -> Any:
     return pyplot
 
 
-def _to_svg(figure: Any) -> str:
+def _to_svg(figure: Any, prefix: str) -> str:
+    """The figure as SVG to inline; its ids carry ``prefix``, so two charts on one page never share one."""
     pyplot = _pyplot()
     buffer = io.StringIO()
     with pyplot.rc_context({"svg.fonttype": "none", "svg.hashsalt": "falf_fx"}):
         figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     pyplot.close(figure)
     text = buffer.getvalue()
-    return text[text.index("<svg"):]
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.index("<svg"):], flags=re.S)  # RDF boilerplate
+    text = re.sub(r'\bid="', f'id="{prefix}-', text)
+    return re.sub(r'(url\(#|xlink:href="#)', rf"\1{prefix}-", text)
 
 
 def _layer_axis(ax: Any, names: Sequence[str]) -> None:
@@ -68,7 +72,7 @@ def widths_chart(before: Mapping[str, int], after: Optional[Mapping[str, int]] =
     ax.set_ylabel("channels")
     ax.legend(frameon=False, fontsize=8, loc="upper left")
     _layer_axis(ax, names)
-    return _to_svg(figure)
+    return _to_svg(figure, "widths")
 
 
 def rounds_chart(history: Sequence[Mapping[str, Any]], base_metric: Optional[float], metric: str = "accuracy") -> str:
@@ -95,4 +99,4 @@ def rounds_chart(history: Sequence[Mapping[str, Any]], base_metric: Optional[flo
         right.legend(frameon=False, fontsize=8, loc="lower right")
     ax.legend(frameon=False, fontsize=8, loc="lower left")
     ax.set_title("Every round: MACs kept and validation " + metric)
-    return _to_svg(figure)
+    return _to_svg(figure, "rounds")

@@ -200,6 +200,27 @@ def _cmd_hetconv(s: _Session) -> None:
                     soft_wrap=True, markup=False)
 
 
+def _cmd_report(s: _Session) -> None:
+    from .html_report import report
+
+    a = s.args
+    if not a.out.parent.is_dir():
+        raise CliError(f"--out '{a.out}': directory '{a.out.parent}' does not exist")
+    with s.status(f"loading {a.model}"):
+        model = load_model(a.model).eval()
+    with s.status(f"tracing, analysing and laying out {a.model} (Graphviz)"):
+        try:
+            path = report(model, s.example, a.out, name=a.model, measure_latency=not a.no_latency)
+        except OSError as error:
+            raise CliError(f"cannot write --out '{a.out}': {error.strerror or error}") from error
+    size = path.stat().st_size
+    if a.format == "json":
+        s.emit({"model": a.model, "input_shape": list(s.input_shape), "out": str(path), "bytes": size})
+        return
+    s.out.print(f"wrote {path} ({size / 1e6:.2f} MB): open it in any browser, no network needed",
+                soft_wrap=True, markup=False)
+
+
 def _cross_entropy(outputs: torch.Tensor, batch: tuple) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(outputs, batch[1])
 
@@ -353,13 +374,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="convert the convs whose names match (fnmatch, repeatable; default: every 3x3 conv with "
                         "stride 1 or 2 but the first)")
     p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to save the HetConv model (falf_fx.save format)")
+    p = command("report", _cmd_report, "one self-contained HTML page: the graph coloured by channel group, "
+                "what is frozen and why, costs and layer widths", ("text", "json"))
+    p.add_argument("--out", type=Path, default=Path("report.html"), metavar="PATH",
+                   help="where to write the HTML file (default report.html)")
+    p.add_argument("--no-latency", action="store_true", help="leave the CPU latency out (it takes seconds)")
     _add_compress(sub)
     return parser
 
 
 def _add_compress(sub: Any) -> None:
     help_text = ("train-aware compression: rounds of score -> slim -> fine-tune on --data until a MACs target "
-                 "or an accuracy tolerance; saves the slim model and a JSON report")
+                 "or an accuracy tolerance; saves the slim model, a JSON report and (with --checkpoint-dir) "
+                 "report.html")
     p = sub.add_parser("compress", help=help_text, description=help_text)
     p.add_argument("model", metavar="MODEL", help="package.module:factory or a saved model, as for prune")
     p.add_argument("--data", required=True, metavar="SPEC",

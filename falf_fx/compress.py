@@ -242,9 +242,21 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude",
               "method": pruner.name, "method_options": dict(method_options), "macs_ratio": after.macs / before.macs,
               "target": _target_report(target_macs, after.macs / before.macs),
               "budget": _budget_report(budget, history, distillation, allocation, min_keep)}
+    result = CompressResult(gm, report, history)
     if store is not None:
         Path(store.directory, "report.json").write_text(json.dumps({**report, "history": history}, indent=1) + os.linesep)
-    return CompressResult(gm, report, history)
+        _write_html_report(result, example, Path(store.directory, "report.html"), measure_latency)
+    return result
+
+
+def _write_html_report(result: CompressResult, example: Any, path: Path, measure_latency: bool) -> None:
+    """report.html next to report.json; a missing Graphviz or matplotlib costs the page, never the run."""
+    from .html_report import report
+
+    try:
+        report(result, example, path, measure_latency=measure_latency)
+    except FalfError as error:
+        warnings.warn(f"falf_fx: {path} not written: {error}", stacklevel=3)
 
 
 def _target_report(target_macs: Optional[float], reached: float) -> Optional[dict[str, Any]]:

@@ -180,7 +180,7 @@ class _ViewBuilder:
         return self.box_ids.setdefault(name, f"b{len(self.box_ids)}")
 
     def build(self) -> str:
-        self.lines = [f'digraph "{_dot_text(self.scope.title)}" {{', f'  id="{self.key}";', "  rankdir=TB;",
+        self.lines = [f'digraph "{_dot_text(self.scope.title)}" {{', f'  id="{self.key}-graph";', "  rankdir=TB;",
                       "  nodesep=0.25; ranksep=0.3;",
                       '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica", '
                       'fontsize=10, height=0.3, margin="0.08,0.03"];',

@@ -30,7 +30,7 @@ from .compress import CompressResult
 from .flops import latency_ms, layer_widths
 from .errors import FalfError
 from .graph_views import GraphView, render_views
-from .text_report import CONVENTION, GroupsReport, group_colour, shape_label
+from .text_report import CONVENTION, GroupsReport, group_colour
 
 __all__ = ["ReportError", "report"]
 
@@ -230,6 +230,9 @@ def _write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
