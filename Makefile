@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/zoo.py --shard 1/2 & $(PY) benchmarks/zoo.py --shard 2/2; wait
 	$(PY) benchmarks/zoo.py --merge
 	cd benchmarks && ../$(PY) hetconv.py macs latency train
+	$(PY) benchmarks/report.py
 
 # The training benchmarks (hours on 2 CPU cores; pretrained weights shared through one cache folder).
 bench-methods: $(STAMP)

@@ -234,7 +234,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude",
         if not go_on:
             break
     after = count_cost(gm, example)
-    report = {"before": report_before,
+    report = {"model_type": type(model).__name__, "before": report_before,
               "after": {"macs": after.macs, "flops": after.flops, "params": after.params,
                         "accuracy": evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None,
                         "latency_ms": latency_ms(gm, example) if measure_latency else None,

@@ -67,8 +67,8 @@ def _scope_chain(node: fx.Node) -> list[tuple[str, str]]:
 class ModuleTree:
     """The module hierarchy of a traced model with its fx nodes at the leaves."""
 
-    def __init__(self, gm: fx.GraphModule, nodes: Sequence[NodeSummary]) -> None:
-        self.root = Scope("", type(gm).__name__, 0)
+    def __init__(self, gm: fx.GraphModule, nodes: Sequence[NodeSummary], model_type: Optional[str] = None) -> None:
+        self.root = Scope("", model_type or type(gm).__name__, 0)
         self.scope_of: dict[str, Scope] = {}  # fx node name -> its innermost scope
         self.scopes: dict[str, Scope] = {"": self.root}
         summary = {n.name: n for n in nodes}
@@ -329,9 +329,13 @@ def _svg(dot: str, tooltips: dict[str, str]) -> str:
     return _TITLE.sub(lambda m: f"<title>{html.escape(tooltips.get(m.group(1), ''))}</title>", svg)
 
 
-def render_views(gm: fx.GraphModule, analysis: Analysis, node_budget: int = 90) -> tuple[GraphView, ...]:
-    """One view per module that holds more than one node, the whole model first."""
-    tree = ModuleTree(gm, graph_nodes(analysis))
+def render_views(gm: fx.GraphModule, analysis: Analysis, node_budget: int = 90,
+                 model_type: Optional[str] = None) -> tuple[GraphView, ...]:
+    """One view per module that holds more than one node, the whole model first.
+
+    ``model_type`` names the root when ``gm`` is a rewritten GraphModule (the model's class is gone).
+    """
+    tree = ModuleTree(gm, graph_nodes(analysis), model_type)
     scopes = tree.composite()
     keys = {s.path: f"view-{i}" for i, s in enumerate(scopes)}
     views = []

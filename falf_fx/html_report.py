@@ -254,11 +254,13 @@ def report(model_or_result: Union[nn.Module, CompressResult], example_inputs: An
         result = model_or_result
         gm = trace(copy.deepcopy(result.model), example)
         before, after = result.report["before"], result.report["after"]
-        title = name or f"{type(result.model).__name__} compressed by {result.report['method']}"
+        model_type = result.report.get("model_type") or type(result.model).__name__
+        title = name or f"{model_type} compressed by {result.report['method']}"
     elif isinstance(model_or_result, nn.Module):
         result, after = None, None
         gm = trace(copy.deepcopy(model_or_result), example)
-        title = name or type(model_or_result).__name__
+        model_type = type(model_or_result).__name__
+        title = name or model_type
     else:
         raise ReportError(f"falf_fx.report takes a model (nn.Module) or the CompressResult of compress, "
                           f"not {type(model_or_result).__name__}")
@@ -267,7 +269,7 @@ def report(model_or_result: Union[nn.Module, CompressResult], example_inputs: An
     if result is None:
         before = {"macs": groups.cost.macs, "flops": groups.cost.flops, "params": groups.cost.params,
                   "latency_ms": latency_ms(gm, example) if measure_latency else None, "widths": layer_widths(gm)}
-    views = render_views(gm, analysis, node_budget)
+    views = render_views(gm, analysis, node_budget, model_type)
     frozen = _frozen_channels(analysis)
     widths_after = after["widths"] if after is not None else None
     sections = [f"<section id='costs'><h2>Costs</h2>{_cost_rows(before, after)}"
