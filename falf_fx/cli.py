@@ -206,11 +206,13 @@ def _cmd_report(s: _Session) -> None:
     a = s.args
     if not a.out.parent.is_dir():
         raise CliError(f"--out '{a.out}': directory '{a.out.parent}' does not exist")
+    if a.ratio is not None and not 0.0 < a.ratio < 1.0:
+        raise CliError(f"--ratio must be strictly between 0 and 1, got {a.ratio}")
     with s.status(f"loading {a.model}"):
         model = load_model(a.model).eval()
     with s.status(f"tracing, analysing and laying out {a.model} (Graphviz)"):
         try:
-            path = report(model, s.example, a.out, name=a.model, measure_latency=not a.no_latency)
+            path = report(model, s.example, a.out, name=a.model, ratio=a.ratio, measure_latency=not a.no_latency)
         except OSError as error:
             raise CliError(f"cannot write --out '{a.out}': {error.strerror or error}") from error
     size = path.stat().st_size
@@ -378,6 +380,8 @@ def _parser() -> argparse.ArgumentParser:
                 "what is frozen and why, costs and layer widths", ("text", "json"))
     p.add_argument("--out", type=Path, default=Path("report.html"), metavar="PATH",
                    help="where to write the HTML file (default report.html)")
+    p.add_argument("--ratio", type=float, default=None, metavar="R",
+                   help="also show costs and layer widths after 'falf-fx prune --ratio R' (untrained preview)")
     p.add_argument("--no-latency", action="store_true", help="leave the CPU latency out (it takes seconds)")
     _add_compress(sub)
     return parser

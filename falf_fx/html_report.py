@@ -23,11 +23,11 @@ from torch import nn
 
 from passes.analysis import Analysis, ParamAxis
 
-from .api import analyze
+from .api import analyze, prune
 from .capture import as_input_tuple, trace
 from .charts import rounds_chart, widths_chart
 from .compress import CompressResult
-from .flops import latency_ms, layer_widths
+from .flops import count_cost, latency_ms, layer_widths
 from .errors import FalfError
 from .graph_views import GraphView, render_views
 from .text_report import CONVENTION, GroupsReport, group_colour
@@ -239,17 +239,27 @@ def _write(path: Path, text: str) -> None:
         raise
 
 
+def _measured(gm: nn.Module, example: tuple, measure_latency: bool) -> dict[str, Any]:
+    cost = count_cost(gm, example)
+    return {"macs": cost.macs, "flops": cost.flops, "params": cost.params,
+            "latency_ms": latency_ms(gm, example) if measure_latency else None, "widths": layer_widths(gm)}
+
+
 def report(model_or_result: Union[nn.Module, CompressResult], example_inputs: Any, path: Union[str, Path], *,
-           name: Optional[str] = None, measure_latency: bool = True, node_budget: int = 90) -> Path:
+           name: Optional[str] = None, ratio: Optional[float] = None, measure_latency: bool = True,
+           node_budget: int = 90) -> Path:
     """Write the HTML report of a model, or of a finished ``compress`` run, to ``path``; returns the path.
 
     A model is traced on a copy (it is left as it was) and shown as it is: its groups,
     what is frozen, its costs and widths.  A ``CompressResult`` shows the slim model
     and the run: costs and widths before and after, the metric and MACs of every
-    round, the method, its options and the budget spent.  ``node_budget`` is the
-    most boxes a graph view opens before it draws submodules collapsed.
+    round, the method, its options and the budget spent.  ``ratio`` (models only) adds
+    a preview: costs and widths after ``prune(model, x, ratio=ratio)``, untrained.
+    ``node_budget`` is the most boxes a graph view opens before it draws submodules collapsed.
     """
     example = as_input_tuple(example_inputs)
+    if ratio is not None and isinstance(model_or_result, CompressResult):
+        raise ReportError("ratio= previews prune() on a model; a compress result already has its after")
     if isinstance(model_or_result, CompressResult):
         result = model_or_result
         gm = trace(copy.deepcopy(result.model), example)
@@ -266,13 +276,17 @@ def report(model_or_result: Union[nn.Module, CompressResult], example_inputs: An
                           f"not {type(model_or_result).__name__}")
     analysis = analyze(gm)
     groups = GroupsReport.build(title, analysis, example)
+    preview = ""
     if result is None:
-        before = {"macs": groups.cost.macs, "flops": groups.cost.flops, "params": groups.cost.params,
-                  "latency_ms": latency_ms(gm, example) if measure_latency else None, "widths": layer_widths(gm)}
+        before = _measured(gm, example, measure_latency)
+        if ratio is not None:
+            after = _measured(prune(gm, example, ratio=ratio), example, measure_latency)
+            preview = (f"<p class='fine'>After = <code>falf_fx.prune(model, x, ratio={ratio})</code>: {ratio:.0%} "
+                       "of every prunable group removed by L1 magnitude, exactly, without any training.</p>")
     views = render_views(gm, analysis, node_budget, model_type)
     frozen = _frozen_channels(analysis)
     widths_after = after["widths"] if after is not None else None
-    sections = [f"<section id='costs'><h2>Costs</h2>{_cost_rows(before, after)}"
+    sections = [f"<section id='costs'><h2>Costs</h2>{_cost_rows(before, after)}{preview}"
                 f"<p class='fine'>{_e(CONVENTION)}. {_latency_text(example)}</p></section>"]
     if result is not None:
         sections.append(_run_section(result))

@@ -102,6 +102,19 @@ def test_cli_report_writes_the_page(tmp_path, capsys):
     assert "torchvision.models:resnet18" in out.read_text()
     assert main(["report", "torchvision.models:resnet18", "--out", str(tmp_path / "no" / "r.html")]) == 2
     assert "directory" in capsys.readouterr().err
+    assert main(["report", "torchvision.models:resnet18", "--out", str(out), "--ratio", "1.5"]) == 2
+    assert "--ratio must be strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_ratio_previews_prune_before_and_after(tmp_path):
+    model = torchvision.models.resnet18()
+    page = falf_fx.report(model, X64, tmp_path / "r.html", ratio=0.5, measure_latency=False).read_text()
+    slim = falf_fx.prune(model, X64, ratio=0.5)
+    assert "<th>After / before</th>" in page and "falf_fx.prune(model, x, ratio=0.5)" in page
+    assert "Output channels per layer, before and after" in page
+    assert f"<td>layer1.0.conv1</td><td>64</td><td>{slim.get_submodule('layer1.0.conv1').out_channels}</td>" in page
+    with pytest.raises(ReportError, match="ratio= previews prune"):
+        falf_fx.report(falf_fx.CompressResult(slim, {}), X64, tmp_path / "r.html", ratio=0.5)
 
 
 def test_compress_writes_report_html_next_to_report_json(tmp_path):
