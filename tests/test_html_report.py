@@ -117,13 +117,19 @@ def test_ratio_previews_prune_before_and_after(tmp_path):
         falf_fx.report(falf_fx.CompressResult(slim, {}), X64, tmp_path / "r.html", ratio=0.5)
 
 
-def test_compress_writes_report_html_next_to_report_json(tmp_path):
+def small_compress_run(directory) -> tuple[falf_fx.CompressResult, torch.Tensor]:
+    """Two rounds of compress on digits with a checkpoint folder (where report.html goes), and an input."""
     train, val = digits_loaders(image_size=8, batch_size=64, seed=0)
     model = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
                           nn.Conv2d(12, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
     result = falf_fx.compress(model, train, val_loader=val, target_macs=0.5, rounds=2, finetune_epochs=2,
-                              checkpoint_dir=tmp_path, progress=False, measure_latency=False)
+                              checkpoint_dir=directory, progress=False, measure_latency=False)
+    return result, next(iter(train))[0][:1]
+
+
+def test_compress_writes_report_html_next_to_report_json(tmp_path):
+    result, _ = small_compress_run(tmp_path)
     page = (tmp_path / "report.html").read_text()
     assert (tmp_path / "report.json").exists()
     assert "id='rounds-chart'" in page and "The compression run" in page

@@ -12,10 +12,9 @@ import shutil
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 import falf_fx
-from falf_fx.data import digits_loaders
+from tests.test_html_report import small_compress_run
 
 pytestmark = pytest.mark.xdist_group("browser")  # one Chromium per worker, not one per test
 
@@ -117,14 +116,9 @@ def test_swin_t_report_says_what_is_frozen(browser, tmp_path):
 
 
 def test_compress_run_report(browser, tmp_path):
-    train, val = digits_loaders(image_size=8, batch_size=64, seed=0)
-    model = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
-                          nn.Conv2d(12, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    result = falf_fx.compress(model, train, val_loader=val, target_macs=0.5, rounds=2, finetune_epochs=2,
-                              checkpoint_dir=tmp_path, progress=False, measure_latency=False)
+    result, example = small_compress_run(tmp_path)
     page = _open(browser, tmp_path / "report.html")
-    _check_page(page, falf_fx.analyze(falf_fx.trace(result.model, next(iter(train))[0][:1])))
+    _check_page(page, falf_fx.analyze(falf_fx.trace(result.model, example)))
     assert page.locator("#rounds-chart svg").count() == 1
     assert page.locator("table.history tr.round").count() == len(result.history)
     assert "met" in page.inner_text("#run")
