@@ -69,7 +69,7 @@ def ground_truth(gm, analysis, batches) -> dict[int, np.ndarray]:
     """Validation-loss increase when each channel alone is removed (0 where it cannot go alone)."""
     from falf_fx import PruningPlan
     from falf_fx.errors import PlanError
-    from passes.rewrite import slim_graph_module
+    from falf_fx.passes.rewrite import slim_graph_module
     base = _loss(gm, batches)
     damage = {}
     for group in analysis.prunable_groups:

@@ -93,7 +93,7 @@ def _forward(model, x):
 
 def _layer_parts(m: int, n: int, side: int, stride: int, p: int) -> dict:
     """One 3×3 layer, dense and as HetConv, and HetConv's pieces timed on their own."""
-    from passes.hetconv import HetConv2d
+    from falf_fx.passes.hetconv import HetConv2d
     conv = nn.Conv2d(m, n, 3, stride, 1, bias=False).eval()
     het = HetConv2d.from_conv(conv, p).eval()
     x = torch.randn(1, m, side, side)

@@ -1,6 +1,6 @@
 """falf_fx: a structured-pruning compiler for PyTorch built on torch.fx."""
-from passes.analysis import Analysis, ChannelGroup, GroupMember
-from passes.plan import PruningPlan
+from falf_fx.passes.analysis import Analysis, ChannelGroup, GroupMember
+from falf_fx.passes.plan import PruningPlan
 
 from .api import analyze, prune, slim
 from .capture import trace

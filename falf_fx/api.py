@@ -6,9 +6,9 @@ from typing import Any, Optional, Union
 
 from torch import fx, nn
 
-from passes.analysis import Analysis, analyze_graph
-from passes.plan import PruningPlan
-from passes.rewrite import slim_graph_module
+from falf_fx.passes.analysis import Analysis, analyze_graph
+from falf_fx.passes.plan import PruningPlan
+from falf_fx.passes.rewrite import slim_graph_module
 
 from .capture import LeafSpec, trace
 from .importance import group_importance

@@ -10,8 +10,8 @@ import torch
 from torch import fx, nn
 from torch.fx.proxy import ParameterProxy
 
-from passes.analysis import AUTO_LEAVES_KEY
-from passes.shape_prop import propagate_shapes
+from falf_fx.passes.analysis import AUTO_LEAVES_KEY
+from falf_fx.passes.shape_prop import propagate_shapes
 
 from .errors import TraceError
 

@@ -15,8 +15,8 @@ import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader
 
-from passes.analysis import analyze_graph
-from passes.rewrite import slim_graph_module
+from falf_fx.passes.analysis import analyze_graph
+from falf_fx.passes.rewrite import slim_graph_module
 
 from .capture import trace
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint

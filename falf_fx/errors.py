@@ -1,8 +1,8 @@
 """Errors a user can act on; each message names the module or node and the fix."""
-from passes.errors import FalfError
-from passes.plan import PlanError
-from passes.rewrite import SlimError
-from passes.shape_prop import ShapePropagationError
+from falf_fx.passes.errors import FalfError
+from falf_fx.passes.plan import PlanError
+from falf_fx.passes.rewrite import SlimError
+from falf_fx.passes.shape_prop import ShapePropagationError
 
 __all__ = ["FalfError", "TraceError", "PlanError", "SlimError", "ShapePropagationError", "EquivalenceError"]
 

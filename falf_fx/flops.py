@@ -13,7 +13,7 @@ with warnings.catch_warnings():  # fvcore's import calls the deprecated torch.ji
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
-from passes.analysis import Analysis
+from falf_fx.passes.analysis import Analysis
 
 from .capture import as_input_tuple
 

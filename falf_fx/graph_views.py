@@ -20,7 +20,7 @@ from typing import Optional
 import networkx as nx
 from torch import fx
 
-from passes.analysis import Analysis
+from falf_fx.passes.analysis import Analysis
 
 from .errors import FalfError
 from .text_report import FROZEN_COLOUR, NodeSummary, graph_nodes, group_colour, shape_label

@@ -2,7 +2,7 @@
 
 ``falf_fx.hetconv(model, x, p=4)`` traces ``model`` and replaces every 3×3 conv with
 stride 1 or 2 (except the first) by a HetConv layer initialised from its weights
-(see :mod:`passes.hetconv`).  The result is an ordinary GraphModule: analyse,
+(see :mod:`falf_fx.passes.hetconv`).  The result is an ordinary GraphModule: analyse,
 prune, compress, save it like any other.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from rich.table import Table
 from torch import fx, nn
 
-from passes.hetconv import HETCONV_KEY, Selection, hetconv_graph_module
+from falf_fx.passes.hetconv import HETCONV_KEY, Selection, hetconv_graph_module
 
 from .capture import LeafSpec, as_input_tuple, trace
 from .flops import macs_by_module

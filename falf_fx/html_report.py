@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from passes.analysis import Analysis, ParamAxis
+from falf_fx.passes.analysis import Analysis, ParamAxis
 
 from .api import analyze, prune
 from .capture import as_input_tuple, trace

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from passes.analysis import Analysis, ChannelGroup, tensor_named
+from falf_fx.passes.analysis import Analysis, ChannelGroup, tensor_named
 
 __all__ = ["IMPORTANCE_KINDS", "group_importance"]
 

@@ -7,9 +7,9 @@ from typing import Optional
 
 import numpy as np
 
-from passes.analysis import Analysis, tensor_named
-from passes.channel_space import ParamAxis
-from passes.plan import PlanError, PruningPlan
+from falf_fx.passes.analysis import Analysis, tensor_named
+from falf_fx.passes.channel_space import ParamAxis
+from falf_fx.passes.plan import PlanError, PruningPlan
 
 __all__ = ["ALLOCATIONS", "MacsModel", "allocate", "channel_mac_costs", "plan_by_ratio", "plan_for_macs",
            "random_plan"]

@@ -14,10 +14,10 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
-from passes.analysis import Analysis, analyze_graph
-from passes.modes import eval_mode
-from passes.plan import PruningPlan
-from passes.rewrite import slim_graph_module
+from falf_fx.passes.analysis import Analysis, analyze_graph
+from falf_fx.passes.modes import eval_mode
+from falf_fx.passes.plan import PruningPlan
+from falf_fx.passes.rewrite import slim_graph_module
 
 from .capture import as_input_tuple, trace
 from .errors import EquivalenceError

@@ -18,7 +18,7 @@ from rich.text import Text
 from rich.tree import Tree
 from torch import fx
 
-from passes.analysis import Analysis, ChannelGroup
+from falf_fx.passes.analysis import Analysis, ChannelGroup
 
 from .capture import as_input_tuple
 from .flops import Cost, count_cost, macs_by_module

@@ -14,7 +14,7 @@ import falf_fx
 from falf_fx.flops import count_cost
 from falf_fx.models import resnet20, vgg16_cifar
 from falf_fx.testing import check_equivalence
-from passes import AnalysisPass, SlimPass
+from falf_fx.passes import AnalysisPass, SlimPass
 from tests.conftest import randomize_norms
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from passes.channel_space import ChannelSpace, ParamAxis
+from falf_fx.passes.channel_space import ChannelSpace, ParamAxis
 
 
 def test_new_atoms_are_consecutive_and_read_only():

@@ -126,7 +126,7 @@ def test_a_killed_compress_resumes_to_the_same_result(data, trained, tmp_path):
 @pytest.mark.parametrize("probe", [False, True])
 def test_falf_trains_a_copy_and_probe_slims_the_untouched_weights(probe, data, trained):
     from falf_fx.methods import FALF, Round
-    from passes.analysis import analyze_graph
+    from falf_fx.passes.analysis import analyze_graph
 
     gm = falf_fx.trace(_model(trained), next(iter(data[0]))[0][:1])
     before = {k: v.clone() for k, v in gm.state_dict().items()}

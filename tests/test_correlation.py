@@ -16,7 +16,7 @@ from falf_fx.cli import main
 from falf_fx.data import digits_loaders
 from falf_fx.methods.correlation import (Correlation, correlation_penalty, pair_pearson, pearson, producer_filters,
                                          select_pairs)
-from passes.analysis import analyze_graph
+from falf_fx.passes.analysis import analyze_graph
 from tests.conftest import pretrained_state, with_state
 
 CE = lambda out, batch: nn.functional.cross_entropy(out, batch[1])  # noqa: E731
@@ -128,7 +128,7 @@ def test_a_residual_stream_loses_the_same_share_as_the_other_groups():
     from falf_fx.methods import Round
     from falf_fx.models import resnet20
     from falf_fx.planning import MacsModel, channel_mac_costs
-    from passes.analysis import analyze_graph
+    from falf_fx.passes.analysis import analyze_graph
     x = torch.randn(1, 3, 32, 32)
     gm = falf_fx.trace(resnet20().eval(), x)
     analysis = analyze_graph(gm)

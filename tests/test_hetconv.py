@@ -15,7 +15,7 @@ from falf_fx.cli import main as cli_main
 from falf_fx.flops import count_cost
 from falf_fx.models import vgg16_cifar
 from falf_fx.testing import check_equivalence
-from passes.hetconv import HETCONV_KEY, HetConv2d, HetConvPass
+from falf_fx.passes.hetconv import HETCONV_KEY, HetConv2d, HetConvPass
 from tests.conftest import randomize_norms
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 import falf_fx
 from falf_fx.models import lenet5, resnet20
-from passes.instrument import AttachFatuousHeads, FatuousHead, default_attachment_point, remove_fatuous_heads
+from falf_fx.passes.instrument import AttachFatuousHeads, FatuousHead, default_attachment_point, remove_fatuous_heads
 
 
 @pytest.mark.parametrize("factory, shape", [(resnet20, (2, 3, 32, 32)), (lenet5, (2, 1, 28, 28))])

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passes.analysis import MemberIndex
+from falf_fx.passes.analysis import MemberIndex
 
 
 def _naive(axes, channel_of, group_of, index_in_group, n_groups):

@@ -12,7 +12,7 @@ from falf_fx.importance import group_importance
 from falf_fx.models import resnet20, vgg11_cifar
 from falf_fx.planning import MacsModel, allocate, channel_mac_costs, random_plan
 from falf_fx.errors import PlanError
-from passes.rewrite import slim_graph_module
+from falf_fx.passes.rewrite import slim_graph_module
 
 X = torch.randn(1, 3, 32, 32)
 

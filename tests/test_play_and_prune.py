@@ -10,10 +10,10 @@ import falf_fx
 from falf_fx.data import digits_loaders
 from falf_fx.methods import make_method
 from falf_fx.methods.play_and_prune import Setting, next_setting
-from passes.analysis import analyze_graph
-from passes.fold_constants import fold_constants, measure_inputs, removed_inputs
-from passes.plan import PruningPlan
-from passes.rewrite import slim_graph_module
+from falf_fx.passes.analysis import analyze_graph
+from falf_fx.passes.fold_constants import fold_constants, measure_inputs, removed_inputs
+from falf_fx.passes.plan import PruningPlan
+from falf_fx.passes.rewrite import slim_graph_module
 from tests.conftest import pretrained_state, randomize_norms, with_state
 
 # -- folding ----------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from falf_fx.data import digits_loaders
 from falf_fx.methods.pruner_network import (PrunerNetwork, as_removals, gate_spread, removal_order,
                                             threshold_removals)
 from falf_fx.models import lenet5, resnet20
-from passes.gates import GATE_PREFIX, GATED_GROUPS_KEY, InsertGates, remove_gates
-from passes.plan import PruningPlan
-from passes.pruner_network import HEADS_NAME, BuildPrunerNetwork, classifier_features
-from passes.rewrite import slim_graph_module
+from falf_fx.passes.gates import GATE_PREFIX, GATED_GROUPS_KEY, InsertGates, remove_gates
+from falf_fx.passes.plan import PruningPlan
+from falf_fx.passes.pruner_network import HEADS_NAME, BuildPrunerNetwork, classifier_features
+from falf_fx.passes.rewrite import slim_graph_module
 from tests.conftest import pretrained_state, randomize_norms, with_state
 
 CE = lambda out, batch: nn.functional.cross_entropy(out, batch[1])  # noqa: E731

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from passes.channel_space import ChannelSpace
-from passes.reshape_map import map_reshape, reshape_chunks
+from falf_fx.passes.channel_space import ChannelSpace
+from falf_fx.passes.reshape_map import map_reshape, reshape_chunks
 
 
 def _pairs(in_shape, out_shape):

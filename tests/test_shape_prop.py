@@ -7,7 +7,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 import falf_fx
-from passes.shape_prop import _adaptive_avg_pool, _cat_shape
+from falf_fx.passes.shape_prop import _adaptive_avg_pool, _cat_shape
 
 
 class _Shapes(nn.Module):

@@ -9,7 +9,7 @@ import falf_fx
 from falf_fx.data import digits_loaders
 from falf_fx.methods import Round
 from falf_fx.methods.taylor import taylor_scores
-from passes.analysis import analyze_graph
+from falf_fx.passes.analysis import analyze_graph
 
 CE = lambda out, batch: nn.functional.cross_entropy(out, batch[1])  # noqa: E731
 

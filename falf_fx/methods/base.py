@@ -16,8 +16,8 @@ import torch
 from torch import fx
 from torch.utils.data import DataLoader
 
-from passes.analysis import Analysis, tensor_named
-from passes.plan import PruningPlan
+from falf_fx.passes.analysis import Analysis, tensor_named
+from falf_fx.passes.plan import PruningPlan
 
 from ..checkpoint import CheckpointStore
 from ..planning import MacsModel, allocate

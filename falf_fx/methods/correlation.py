@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from passes.analysis import ChannelGroup, tensor_named
-from passes.plan import PruningPlan
+from falf_fx.passes.analysis import ChannelGroup, tensor_named
+from falf_fx.passes.plan import PruningPlan
 
 from ..importance import group_importance
 from ..planning import _repair_emptied_axes

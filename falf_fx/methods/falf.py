@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from passes.instrument import AttachFatuousHeads
+from falf_fx.passes.instrument import AttachFatuousHeads
 
 from ..data import with_indices
 from ..training import TrainConfig, epoch_loader

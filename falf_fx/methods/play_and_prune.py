@@ -30,10 +30,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from passes.analysis import Analysis
-from passes.fold_constants import fold_constants, measure_inputs, removed_inputs
-from passes.modes import eval_mode
-from passes.plan import PruningPlan
+from falf_fx.passes.analysis import Analysis
+from falf_fx.passes.fold_constants import fold_constants, measure_inputs, removed_inputs
+from falf_fx.passes.modes import eval_mode
+from falf_fx.passes.plan import PruningPlan
 
 from ..planning import plan_for_macs
 from ..testing import MaskedReference

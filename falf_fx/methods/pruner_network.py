@@ -40,9 +40,9 @@ import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
-from passes.gates import GATED_GROUPS_KEY, InsertGates, remove_gates
-from passes.plan import PruningPlan
-from passes.pruner_network import HEADS_NAME, BuildPrunerNetwork
+from falf_fx.passes.gates import GATED_GROUPS_KEY, InsertGates, remove_gates
+from falf_fx.passes.plan import PruningPlan
+from falf_fx.passes.pruner_network import HEADS_NAME, BuildPrunerNetwork
 
 from ..errors import FalfError
 from ..planning import _repair_emptied_axes

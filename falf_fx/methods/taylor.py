@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from passes.modes import eval_mode
+from falf_fx.passes.modes import eval_mode
 from ..training import epoch_loader
 from .base import Round, ScoreMethod, shared_scores
 
