@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -24,6 +25,10 @@ def fingerprint(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)};".encode())
     return digest.hexdigest()
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 class CheckpointStore:
@@ -48,8 +53,15 @@ class CheckpointStore:
             return None
         try:
             state = torch.load(target, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(f"checkpoint {target} refused: it holds pickled objects, so falf_fx did not write "
+                                  f"it (and does not run it); delete it or use another checkpoint_dir "
+                                  f"({_first_line(error)})") from error
         except Exception as error:  # noqa: BLE001 - reported with the file's name
-            raise CheckpointError(f"cannot read checkpoint {target}: {error}") from error
+            raise CheckpointError(f"cannot read checkpoint {target}: {_first_line(error)}") from error
+        if not isinstance(state, dict) or "fingerprint" not in state:
+            raise CheckpointError(f"checkpoint {target} is not one falf_fx wrote (no model fingerprint); delete it "
+                                  "or use another checkpoint_dir")
         if model_fingerprint is not None and state.get("fingerprint") != model_fingerprint:
             raise CheckpointError(f"checkpoint {target} was written for a different model "
                                   "(its parameter names or shapes differ); use another checkpoint_dir")

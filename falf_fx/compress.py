@@ -25,6 +25,7 @@ from .distill import Distillation, distillation_loss
 from .flops import count_cost, latency_ms, layer_widths, macs_by_module
 from .methods import make_method
 from .methods.base import Round
+from .serialize import from_plain, to_plain
 from .planning import ALLOCATIONS, MacsModel, channel_mac_costs, plan_for_macs
 from .training import TrainConfig, evaluate, is_distributed, steps_per_epoch, train
 
@@ -187,13 +188,17 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude",
     finetune_loss = distillation_loss(gm, main_loss, distillation) if distillation.enabled else main_loss
     history: list[dict[str, Any]] = []
     start_round = 0
+    if store is not None:
+        _check_checkpointable(gm)
     if resume and store.path(_STATE).exists():
-        state = torch.load(store.path(_STATE), weights_only=False)  # our own checkpoint: holds the slim graph
-        if state["origin"] != origin:
-            raise CheckpointError(f"checkpoint {store.path(_STATE)} was written for a different model")
-        gm, history, start_round = trace(state["model"], example), state["history"], state["round"] + 1
-        pruner.load_state(state["method"])
-        if state.get("stopped"):
+        state = store.load(_STATE, origin)  # weights_only: a tampered file is refused, never run
+        try:
+            gm = trace(from_plain(state["model"]), example)
+        except (KeyError, ValueError, TypeError) as error:  # a graph that names what the format does not allow
+            raise CheckpointError(f"checkpoint {store.path(_STATE)} refused: {error}") from error
+        history, start_round = json.loads(state["history"]), state["round"] + 1
+        pruner.load_state(json.loads(state["method"]))
+        if state["stopped"]:
             start_round = rounds
 
     for index in range(start_round, rounds):
@@ -228,9 +233,10 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude",
             gm = candidate
         go_on = pruner.observe(record)
         if store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
-            store.directory.mkdir(parents=True, exist_ok=True)
-            torch.save({"origin": origin, "model": gm, "history": history, "round": index,
-                        "method": pruner.state(), "stopped": not go_on}, store.path(_STATE))
+            # the safe format (state dict + graph description), plain JSON for the rest, written atomically
+            store.save(_STATE, origin, {"model": to_plain(gm), "history": json.dumps(history, default=_plain),
+                                        "round": index, "method": json.dumps(pruner.state(), default=_plain),
+                                        "stopped": not go_on})
         if not go_on:
             break
     after = count_cost(gm, example)
@@ -257,6 +263,22 @@ def _write_html_report(result: CompressResult, example: Any, path: Path, measure
         report(result, example, path, measure_latency=measure_latency)
     except FalfError as error:
         warnings.warn(f"falf_fx: {path} not written: {error}", stacklevel=3)
+
+
+def _check_checkpointable(gm: fx.GraphModule) -> None:
+    """Round checkpoints hold no pickles: say before any training if this model cannot be written so."""
+    try:
+        to_plain(gm)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"checkpoint_dir: this model cannot be checkpointed in falf_fx's pickle-free format "
+                              f"({error}); run compress without checkpoint_dir") from error
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in history records, as JSON numbers and lists."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not plain data")
 
 
 def _target_report(target_macs: Optional[float], reached: float) -> Optional[dict[str, Any]]:

@@ -40,7 +40,7 @@ def load_model(spec: str) -> nn.Module:
 
 
 def _load_file(path: Path) -> nn.Module:
-    """A falf_fx.save file (no code runs), else a torch.save'd module (a pickle: the user's own file)."""
+    """A falf_fx.save file: no pickled code runs, so a pickle (torch.save(model)) is refused, never loaded."""
     from .serialize import FORMAT, load
 
     try:
@@ -51,13 +51,16 @@ def _load_file(path: Path) -> nn.Module:
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
         raise ModelSpecError(f"cannot load model file '{path}': {_first_line(error)}") from error
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise ModelSpecError(f"cannot load model file '{path}': {_first_line(error)}") from error
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a pickle of a module, or not a torch file at all
+        obj = None
     if isinstance(obj, dict):
-        raise ModelSpecError(f"'{path}' holds a dict (a state_dict?), not a model: save the module itself "
-                             "with falf_fx.save(gm, path) or torch.save(model, path)")
-    return _require_module(obj, f"'{path}'")
+        raise ModelSpecError(f"'{path}' holds a dict (a state_dict?), not a model: save the traced module "
+                             "with falf_fx.save(falf_fx.trace(model, x), path), or name its factory "
+                             "(package.module:function)")
+    raise ModelSpecError(f"'{path}' is not a falf_fx.save file (a pickle from torch.save(model)?): falf_fx never "
+                         "unpickles, since that runs any code the file holds; re-save it with "
+                         "falf_fx.save(falf_fx.trace(model, x), path), or name its factory (package.module:function)")
 
 
 def _call_factory(spec: str, module_name: str, attr_path: str, args_text: str | None) -> nn.Module:

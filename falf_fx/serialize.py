@@ -18,12 +18,13 @@ import keyword
 import pickle
 import re
 import types
+from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional, Union
 
 import torch
 from torch import fx, nn
 
-__all__ = ["FORMAT", "save", "load"]
+__all__ = ["FORMAT", "from_plain", "load", "save", "to_plain"]
 
 FORMAT = "falf_fx.graph/1"
 PathLike = Union[str, os.PathLike, BinaryIO]
@@ -329,8 +330,8 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, dict) and all(_is_plain(k) and _is_plain(v) for k, v in value.items())
 
 
-def save(gm: fx.GraphModule, path: PathLike) -> None:
-    """Write ``gm`` as plain data and tensors (see :func:`load`); raises ValueError for what cannot be."""
+def to_plain(gm: fx.GraphModule) -> dict[str, Any]:
+    """``gm`` as plain data and tensors: what :func:`save` writes, and what a checkpoint embeds."""
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(f"save() takes a torch.fx.GraphModule, not {type(gm).__name__}")
     recorder = _Recorder(gm)
@@ -341,7 +342,7 @@ def save(gm: fx.GraphModule, path: PathLike) -> None:
         if id(tensor) in first_name:
             tied[name] = first_name[id(tensor)]
         first_name.setdefault(id(tensor), name)
-    torch.save({
+    return {
         "format": FORMAT,
         "class_name": type(gm).__name__,
         "modules": recorder.modules,
@@ -354,7 +355,21 @@ def save(gm: fx.GraphModule, path: PathLike) -> None:
         "training": gm.training,
         "modes": {n: m.training for n, m in named.items() if m.training != gm.training},
         "meta": {k: v for k, v in gm.meta.items() if k.startswith("falf_fx.") and _is_plain(v)},
-    }, path)
+    }
+
+
+def save(gm: fx.GraphModule, path: PathLike) -> None:
+    """Write ``gm`` as plain data and tensors (see :func:`load`); raises ValueError for what cannot be.
+
+    A path is written next to itself and renamed: a crash mid-write leaves the old file or none.
+    """
+    data = to_plain(gm)
+    if not isinstance(path, (str, os.PathLike)):  # a buffer
+        torch.save(data, path)
+        return
+    partial = Path(f"{os.fspath(path)}.partial")
+    torch.save(data, partial)
+    os.replace(partial, path)
 
 
 def _read(path: PathLike, map_location: Any) -> dict:
@@ -410,7 +425,13 @@ def _check_names(data: dict) -> None:
 
 def load(path: PathLike, map_location: Optional[Any] = None) -> fx.GraphModule:
     """Rebuild a GraphModule written by :func:`save`; no pickled code runs, only allowlisted classes and calls."""
-    data = _read(path, map_location)
+    return from_plain(_read(path, map_location))
+
+
+def from_plain(data: dict[str, Any]) -> fx.GraphModule:
+    """The GraphModule of :func:`to_plain`'s data, rebuilt from allowlisted classes and calls only."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"not {FORMAT} data: write it with falf_fx.serialize.to_plain(gm)")
     state = data["state_dict"]
     if not (str(data["class_name"]).isidentifier() and data["modules"][""]["class"] == _ROOT_CLASS):
         raise ValueError(f"malformed {FORMAT} file: bad root module")

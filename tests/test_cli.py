@@ -174,3 +174,10 @@ def test_console_script_end_to_end():
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["macs"] > 0
     assert result.stderr == ""  # no library warnings leak into the terminal
+
+
+def test_model_spec_refuses_a_pickled_module(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(resnet20(), path)  # a pickle: loading it would run whatever code it names
+    with pytest.raises(ModelSpecError, match=r"not a falf_fx\.save file .*never unpickles.*falf_fx\.save\(falf_fx\.trace"):
+        load_model(str(path))
