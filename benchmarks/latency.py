@@ -12,7 +12,6 @@ shared machine hits both alike; each reported time is the median over rounds.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 

@@ -7,7 +7,8 @@ from .capture import trace
 from .compress import CompressResult, compress
 from .hetconv import hetconv
 from .html_report import report
-from .errors import EquivalenceError, FalfError, PlanError, ShapePropagationError, SlimError, TraceError
+from .errors import (EquivalenceError, FalfError, FalfTypeError, FalfValueError, PlanError, ShapePropagationError,
+                     SlimError, TraceError)
 from .importance import group_importance
 from .planning import plan_by_ratio, random_plan
 from .serialize import load, save
@@ -16,6 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Analysis", "ChannelGroup", "GroupMember", "PruningPlan", "analyze", "prune", "slim", "trace",
-    "EquivalenceError", "FalfError", "PlanError", "ShapePropagationError", "SlimError", "TraceError",
+    "EquivalenceError", "FalfError", "FalfTypeError", "FalfValueError", "PlanError", "ShapePropagationError", "SlimError", "TraceError",
     "group_importance", "plan_by_ratio", "random_plan", "load", "save", "compress", "CompressResult", "hetconv", "report",
 ]

@@ -10,6 +10,7 @@ from falf_fx.passes.analysis import Analysis, analyze_graph
 from falf_fx.passes.plan import PruningPlan
 from falf_fx.passes.rewrite import slim_graph_module
 
+from .errors import FalfTypeError, FalfValueError
 from .capture import LeafSpec, trace
 from .importance import group_importance
 from .planning import plan_by_ratio
@@ -20,7 +21,7 @@ __all__ = ["analyze", "slim", "prune"]
 def analyze(gm: fx.GraphModule) -> Analysis:
     """Channel-dependency groups of a module returned by :func:`falf_fx.trace`."""
     if not isinstance(gm, fx.GraphModule):
-        raise TypeError("analyze() takes the GraphModule returned by falf_fx.trace(model, example_inputs)")
+        raise FalfTypeError("analyze() takes the GraphModule returned by falf_fx.trace(model, example_inputs)")
     return analyze_graph(gm)
 
 
@@ -43,7 +44,7 @@ def _ignored_groups(analysis: Analysis, ignore: Sequence[Union[str, nn.Module]])
         else:
             names = [name for name, m in root.named_modules() if m is item]
             if not names:
-                raise ValueError(f"ignore: module {type(item).__name__} is not part of the traced model")
+                raise FalfValueError(f"ignore: module {type(item).__name__} is not part of the traced model")
             prefixes.extend(names)
     hits = set()
     for group in analysis.groups:
@@ -65,7 +66,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importan
     ``model``'s modules for the slim one (no copy, less memory; ``model`` is spent).
     """
     if not 0.0 < ratio < 1.0:
-        raise ValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
+        raise FalfValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
     gm = trace(model, example_inputs, leaf_modules=leaf_modules)
     analysis = analyze_graph(gm)
     scores = group_importance(analysis, importance, seed)

@@ -13,7 +13,7 @@ from torch.fx.proxy import ParameterProxy
 from falf_fx.passes.analysis import AUTO_LEAVES_KEY
 from falf_fx.passes.shape_prop import propagate_shapes
 
-from .errors import TraceError
+from .errors import FalfTypeError, TraceError
 
 __all__ = ["trace", "as_input_tuple"]
 
@@ -25,7 +25,7 @@ def as_input_tuple(example_inputs: Any) -> tuple:
         return (example_inputs,)
     if isinstance(example_inputs, (list, tuple)):
         return tuple(example_inputs)
-    raise TypeError("example_inputs must be a tensor or a tuple of tensors, "
+    raise FalfTypeError("example_inputs must be a tensor or a tuple of tensors, "
                     f"not {type(example_inputs).__name__}")
 
 
@@ -113,7 +113,7 @@ def _split_leaves(leaf_modules: Iterable[LeafSpec]) -> tuple[set[str], tuple[typ
         elif isinstance(leaf, nn.Module):
             ids.add(id(leaf))
         else:
-            raise TypeError(f"leaf_modules entries are module names, classes or instances, not {leaf!r}")
+            raise FalfTypeError(f"leaf_modules entries are module names, classes or instances, not {leaf!r}")
     return names, tuple(types), ids
 
 
@@ -152,7 +152,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafS
     and how to fix it.  The model is not modified.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        raise FalfTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
     if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
         gm = model

@@ -1,7 +1,8 @@
 """The ``falf-fx`` command line: graph, groups, flops, prune and compress for any importable or saved model.
 
-A user mistake (bad MODEL, bad --input-shape, a model falf_fx cannot handle) prints one
-``error: ...`` line on stderr and exits with status 2; tracebacks are for bugs only.
+A user mistake (bad MODEL, bad --input-shape, a model falf_fx cannot handle: any FalfError)
+prints one ``error: ...`` line on stderr and exits with status 2; anything else is a bug
+of ours: its traceback, a line saying so, and status 3.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import ast
 import contextlib
 import json
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,11 +26,11 @@ from .capture import trace
 from .checkpoint import CheckpointStore
 from .compress import compress
 from .data import load_data
-from .errors import FalfError, PlanError, ShapePropagationError, SlimError
+from .errors import FalfError, FalfValueError
 from .importance import IMPORTANCE_KINDS
 from .methods import METHODS
 from .planning import ALLOCATIONS
-from .model_spec import ModelSpecError, load_model
+from .model_spec import load_model
 from .training import TrainConfig, train
 
 with warnings.catch_warnings():
@@ -42,11 +44,11 @@ __all__ = ["main"]
 EXIT_USER_ERROR = 2
 
 
-class CliError(ValueError):
+EXIT_BUG = 3
+
+
+class CliError(FalfValueError):
     """A command-line value that parses but makes no sense (ratio 1.5, shape 0x3)."""
-
-
-_USER_ERRORS = (CliError, ModelSpecError, FalfError, PlanError, ShapePropagationError, SlimError)
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -174,10 +176,7 @@ def _cmd_hetconv(s: _Session) -> None:
         raise CliError(f"--out '{a.out}': directory '{a.out.parent}' does not exist")
     gm = s.traced()
     with s.status(f"replacing convs by HetConv layers with P={a.p}"):
-        try:
-            het = hetconv(gm, s.example, p=a.p, select=a.select or None)
-        except ValueError as error:  # a --select pattern that matches no conv
-            raise CliError(str(error)) from error
+        het = hetconv(gm, s.example, p=a.p, select=a.select or None)
     with s.status("counting MACs before and after"):
         rows = hetconv_layer_costs(gm, het, s.example)
         report = CostReport(a.model, s.input_shape, count_cost(gm, s.example), count_cost(het, s.example))
@@ -304,15 +303,12 @@ def _cmd_compress(s: _Session) -> None:
     pretrain = train(model, train_loader, _cross_entropy,
                      TrainConfig(epochs=a.pretrain_epochs, lr=a.pretrain_lr, seed=a.seed), phase="pretrain",
                      checkpoints=store, resume=a.resume, progress=s.text) if a.pretrain_epochs else []
-    try:
-        result = compress(model, train_loader, method=a.method, example_inputs=example, val_loader=val_loader,
-                          target_macs=a.target_macs, tolerance=a.tolerance, rounds=a.rounds,
-                          finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
-                          allocation=a.allocation, distill=a.distill,
-                          checkpoint_dir=a.checkpoint_dir, resume=a.resume, seed=a.seed, progress=s.text,
-                          **options)
-    except ValueError as error:  # an unreachable target, unknown method options: the user's to fix
-        raise CliError(str(error)) from error
+    result = compress(model, train_loader, method=a.method, example_inputs=example, val_loader=val_loader,
+                      target_macs=a.target_macs, tolerance=a.tolerance, rounds=a.rounds,
+                      finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
+                      allocation=a.allocation, distill=a.distill,
+                      checkpoint_dir=a.checkpoint_dir, resume=a.resume, seed=a.seed, progress=s.text,
+                      **options)
     _save(result.model, a.out)
     full = {"model": a.model, "data": a.data, "input_shape": list(example.shape),
             "settings": {"method": a.method, "method_options": options, "target_macs": a.target_macs,
@@ -447,9 +443,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             args.run(_Session(args))
             status = 0
-        except _USER_ERRORS as error:
+        except FalfError as error:  # the user's to fix: one line that says how
             sys.stderr.write(f"error: {_one_line(error)}\n")
             status = EXIT_USER_ERROR
+        except Exception:  # noqa: BLE001 - anything else is ours
+            traceback.print_exc()
+            sys.stderr.write("falf-fx: this is a bug in falf_fx, not a mistake in your command: please report it "
+                             "with the traceback above\n")
+            status = EXIT_BUG
     # falf_fx's own warnings say what was frozen and why; library noise (fvcore's jit tracing) is dropped.
     for w in caught:
         if str(w.message).startswith("falf_fx:"):

@@ -20,7 +20,7 @@ from falf_fx.passes.rewrite import slim_graph_module
 
 from .capture import trace
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint
-from .errors import FalfError
+from .errors import FalfError, FalfTypeError, FalfValueError
 from .distill import Distillation, distillation_loss
 from .flops import count_cost, latency_ms, layer_widths, macs_by_module
 from .methods import make_method
@@ -81,7 +81,7 @@ def _check_target(gm: fx.GraphModule, example: torch.Tensor, target_macs: float)
     prunable group and count its MACs.
     """
     if not 0.0 < target_macs < 1.0:
-        raise ValueError(f"target_macs is a fraction of the original MACs in (0, 1), got {target_macs}")
+        raise FalfValueError(f"target_macs is a fraction of the original MACs in (0, 1), got {target_macs}")
     analysis = analyze_graph(gm)
     total = count_cost(gm, example).macs
     flat = {g.id: np.zeros(g.size) for g in analysis.prunable_groups}
@@ -90,7 +90,7 @@ def _check_target(gm: fx.GraphModule, example: torch.Tensor, target_macs: float)
     floor = count_cost(smallest, example).macs / total
     if target_macs < floor:
         frozen = sorted({r for g in analysis.groups for r in g.reasons})[:3]
-        raise ValueError(f"target_macs={target_macs} cannot be reached: with one channel left in every prunable "
+        raise FalfValueError(f"target_macs={target_macs} cannot be reached: with one channel left in every prunable "
                          f"group {floor:.4f} of the MACs remain (frozen: {'; '.join(frozen) or 'nothing'})")
 
 
@@ -130,16 +130,16 @@ def _round_goal(before_macs: float, current: float, index: int, rounds: int, tar
 
 def _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocation, min_keep) -> None:
     if target_macs is None and tolerance is None:
-        raise ValueError("give target_macs (e.g. 0.25 of the original MACs), tolerance (e.g. 0.01), or both")
+        raise FalfValueError("give target_macs (e.g. 0.25 of the original MACs), tolerance (e.g. 0.01), or both")
     if tolerance is not None and val_loader is None:
-        raise ValueError("tolerance is measured on val_loader: pass val_loader=")
+        raise FalfValueError("tolerance is measured on val_loader: pass val_loader=")
     if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-        raise ValueError(f"finetune_epochs is the whole run's fine-tuning budget, a whole number >= 0, "
+        raise FalfValueError(f"finetune_epochs is the whole run's fine-tuning budget, a whole number >= 0, "
                          f"not {finetune_epochs!r}")
     if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
+        raise FalfValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
     if not 0.0 <= min_keep < 1.0:
-        raise ValueError(f"min_keep is the share of every group that stays, in [0, 1), not {min_keep}")
+        raise FalfValueError(f"min_keep is the share of every group that stays, in [0, 1), not {min_keep}")
 
 
 def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude", example_inputs: Any = None,
@@ -278,7 +278,7 @@ def _plain(value: Any) -> Any:
     """numpy scalars and arrays in history records, as JSON numbers and lists."""
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not plain data")
+    raise FalfTypeError(f"{type(value).__name__} is not plain data")
 
 
 def _target_report(target_macs: Optional[float], reached: float) -> Optional[dict[str, Any]]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from .errors import FalfError
+from .errors import FalfTypeError, FalfValueError
 
 __all__ = ["DataError", "IndexedDataset", "SHAPE_CLASSES", "cifar10_loaders", "digits_loaders", "load_data",
            "shapes_loaders", "synthetic_loaders",
@@ -34,7 +34,7 @@ _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 _FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-class DataError(FalfError, ValueError):
+class DataError(FalfValueError):
     """The data cannot be loaded; the message names the file or spec and the fix."""
 
 
@@ -44,13 +44,13 @@ class DataError(FalfError, ValueError):
 def _stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Train and val indices with every class in both, so val accuracy covers every class."""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
+        raise FalfValueError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
     generator = torch.Generator().manual_seed(seed)
     train, val = [], []
     for label in labels.unique().tolist():
         members = (labels == label).nonzero().flatten()
         if members.numel() < 2:
-            raise ValueError(f"class {label} has {members.numel()} sample; a stratified split needs 2 per class")
+            raise FalfValueError(f"class {label} has {members.numel()} sample; a stratified split needs 2 per class")
         members = members[torch.randperm(members.numel(), generator=generator)]
         n_val = min(max(round(members.numel() * val_fraction), 1), members.numel() - 1)
         val.append(members[:n_val])
@@ -77,7 +77,7 @@ def _split_loaders(inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, 
 def _require_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value}")
+            raise FalfValueError(f"{name} must be a positive integer, not {value}")
 
 
 # -- digits ------------------------------------------------------------------------------------
@@ -148,11 +148,11 @@ def synthetic_loaders(input_shape: Sequence[int] = (3, 32, 32), num_classes: int
     """
     input_shape = tuple(int(s) for s in input_shape)
     if not 2 <= len(input_shape) <= 4:
-        raise ValueError(f"input_shape must be (C, L), (C, H, W) or (C, T, H, W) without the batch axis, "
+        raise FalfValueError(f"input_shape must be (C, L), (C, H, W) or (C, T, H, W) without the batch axis, "
                          f"not {input_shape}")
     _require_positive(**{f"input_shape[{i}]": s for i, s in enumerate(input_shape)}, num_samples=num_samples)
     if num_classes < 2 or num_samples < 2 * num_classes:
-        raise ValueError(f"need num_classes >= 2 and at least 2 samples per class, got num_classes={num_classes}, "
+        raise FalfValueError(f"need num_classes >= 2 and at least 2 samples per class, got num_classes={num_classes}, "
                          f"num_samples={num_samples}")
     inputs, labels = _synthetic_samples(input_shape, num_classes, num_samples, seed)
     return _split_loaders(inputs, labels, batch_size, val_fraction, seed)
@@ -338,7 +338,7 @@ class IndexedDataset(Dataset):
 
     def __init__(self, dataset: Dataset) -> None:
         if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-            raise TypeError(f"IndexedDataset needs a map-style dataset (with __len__ and __getitem__), "
+            raise FalfTypeError(f"IndexedDataset needs a map-style dataset (with __len__ and __getitem__), "
                             f"not {type(dataset).__name__}: an iterable dataset has no stable sample index")
         self.dataset = dataset
 

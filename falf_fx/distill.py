@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import FalfError
+from .errors import FalfValueError
 from .training import LossFn
 
 __all__ = ["Distillation", "DistillationError", "distillation_loss"]
 
 
-class DistillationError(FalfError, ValueError):
+class DistillationError(FalfValueError):
     """The outputs cannot be distilled (not class logits); the message says how to turn it off."""
 
 

@@ -1,10 +1,10 @@
 """Errors a user can act on; each message names the module or node and the fix."""
-from falf_fx.passes.errors import FalfError
+from falf_fx.passes.errors import FalfError, FalfTypeError, FalfValueError
 from falf_fx.passes.plan import PlanError
 from falf_fx.passes.rewrite import SlimError
 from falf_fx.passes.shape_prop import ShapePropagationError
 
-__all__ = ["FalfError", "TraceError", "PlanError", "SlimError", "ShapePropagationError", "EquivalenceError"]
+__all__ = ["FalfError", "FalfTypeError", "FalfValueError", "TraceError", "PlanError", "SlimError", "ShapePropagationError", "EquivalenceError"]
 
 
 class TraceError(FalfError):

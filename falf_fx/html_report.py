@@ -28,14 +28,14 @@ from .capture import as_input_tuple, trace
 from .charts import rounds_chart, widths_chart
 from .compress import CompressResult
 from .flops import count_cost, latency_ms, layer_widths
-from .errors import FalfError
+from .errors import FalfTypeError
 from .graph_views import GraphView, render_views
 from .text_report import CONVENTION, GroupsReport, group_colour
 
 __all__ = ["ReportError", "report"]
 
 
-class ReportError(FalfError, TypeError):
+class ReportError(FalfTypeError):
     """``report`` was given something that is neither a model nor a compress result."""
 
 _ASSETS = Path(__file__).with_name("report_assets")

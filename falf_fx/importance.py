@@ -7,6 +7,8 @@ from torch import nn
 
 from falf_fx.passes.analysis import Analysis, ChannelGroup, tensor_named
 
+from .errors import FalfValueError
+
 __all__ = ["IMPORTANCE_KINDS", "group_importance"]
 
 IMPORTANCE_KINDS = ("l1", "l2", "random")
@@ -78,7 +80,7 @@ def group_importance(analysis: Analysis, kind: str = "l1", seed: int = 0) -> dic
     models of the same architecture get the same scores.
     """
     if kind not in IMPORTANCE_KINDS:
-        raise ValueError(f"importance must be one of {IMPORTANCE_KINDS}, not {kind!r}")
+        raise FalfValueError(f"importance must be one of {IMPORTANCE_KINDS}, not {kind!r}")
     rng = np.random.default_rng(seed)
     root = analysis.graph_module
     scores, sums, scratch = {}, {}, _Scratch()

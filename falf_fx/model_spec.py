@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import FalfValueError
+
 __all__ = ["ModelSpecError", "load_model"]
 
 _FACTORY = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?:\((?P<args>.*)\))?$", re.DOTALL)
 _MODEL_SUFFIXES = (".pt", ".pth", ".pkl")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(FalfValueError):
     """MODEL names nothing loadable; the one-line message says what and what is expected."""
 
 
@@ -93,11 +95,11 @@ def _literal_arguments(spec: str, text: str) -> tuple[list[Any], dict[str, Any]]
     try:
         call = ast.parse(f"f({text})", mode="eval").body
         if not isinstance(call, ast.Call):
-            raise ValueError("not a call")
+            raise FalfValueError("not a call")
         args = [ast.literal_eval(a) for a in call.args]
         kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
         if len(kwargs) != len(call.keywords):
-            raise ValueError("**kwargs are not supported")
+            raise FalfValueError("**kwargs are not supported")
     except (SyntaxError, ValueError, TypeError) as error:
         raise ModelSpecError(f"the arguments in '{spec}' must be Python literals, "
                              "like factory(10, num_classes=100)") from error

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .errors import FalfValueError
+
 __all__ = ["lenet5", "mobilenet_v2_cifar", "resnet20", "resnet56", "resnet_cifar", "vgg11_cifar", "vgg16_cifar"]
 
 
@@ -42,7 +44,7 @@ class ResNetCifar(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202), got {depth}")
+            raise FalfValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202), got {depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)

@@ -11,6 +11,8 @@ from falf_fx.passes.analysis import Analysis, tensor_named
 from falf_fx.passes.channel_space import ParamAxis
 from falf_fx.passes.plan import PlanError, PruningPlan
 
+from .errors import FalfValueError
+
 __all__ = ["ALLOCATIONS", "MacsModel", "allocate", "channel_mac_costs", "plan_by_ratio", "plan_for_macs",
            "random_plan"]
 
@@ -55,7 +57,7 @@ def plan_by_ratio(analysis: Analysis, scores: Mapping[int, np.ndarray], ratio: f
                   round_to: Optional[int] = None, skip_groups: frozenset[int] = frozenset()) -> PruningPlan:
     """Remove ``ratio`` of every prunable group's channels, lowest scores first."""
     if not 0.0 < ratio < 1.0:
-        raise ValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
+        raise FalfValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
     removals: dict[int, list[int]] = {}
     for group in analysis.prunable_groups:
         if group.id in skip_groups:

@@ -24,6 +24,8 @@ from typing import Any, BinaryIO, Callable, Optional, Union
 import torch
 from torch import fx, nn
 
+from .errors import FalfTypeError, FalfValueError
+
 __all__ = ["FORMAT", "from_plain", "load", "save", "to_plain"]
 
 FORMAT = "falf_fx.graph/1"
@@ -80,7 +82,7 @@ def _function_name(fn: Any, where: str) -> str:
         attr = getattr(fn, "__name__", None)
         if attr and getattr(_namespace(namespace), attr, None) is fn and _allowed(namespace, attr, fn):
             return f"{namespace}.{attr}"
-    raise ValueError(f"{where} calls {getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)!s}, which "
+    raise FalfValueError(f"{where} calls {getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)!s}, which "
                      "is not an allowlisted function of torch, torch.nn.functional, operator, math or "
                      "torchvision.ops; save this model with torch.save(gm) (pickle) instead")
 
@@ -93,7 +95,7 @@ def _resolve_function(dotted: str) -> Any:
             if _allowed(namespace, attr, obj):
                 return obj
             break
-    raise ValueError(f"refusing to call '{dotted}': not an allowlisted function (torch, torch.nn.functional, "
+    raise FalfValueError(f"refusing to call '{dotted}': not an allowlisted function (torch, torch.nn.functional, "
                      "operator, math, torchvision.ops, builtins.getattr)")
 
 
@@ -101,16 +103,16 @@ def _check_call(op: str, target: Any, args: tuple, where: str) -> None:
     """Attribute access in a graph stays on public, non-dunder names (no escape to Python internals)."""
     if op == "call_method" and (not isinstance(target, str) or target.startswith("__")
                                 or not (hasattr(torch.Tensor, target) or hasattr(torch.Size, target))):
-        raise ValueError(f"{where}: refusing method '{target}', which is not a public tensor method")
+        raise FalfValueError(f"{where}: refusing method '{target}', which is not a public tensor method")
     if op == "call_function" and target is getattr and not (
             len(args) >= 2 and isinstance(args[1], str) and not args[1].startswith("_")):
-        raise ValueError(f"{where}: refusing getattr with attribute {args[1:2]!r}: only public names are allowed")
+        raise FalfValueError(f"{where}: refusing getattr with attribute {args[1:2]!r}: only public names are allowed")
 
 
 def _check_path(path: Any, where: str) -> str:
     """A module or tensor path goes into generated code: only identifiers and indices, no dunders."""
     if not (isinstance(path, str) and all(_NAME_ATOM.fullmatch(atom) for atom in path.split("."))):
-        raise ValueError(f"{where}: refusing the name {path!r}")
+        raise FalfValueError(f"{where}: refusing the name {path!r}")
     return path
 
 
@@ -139,7 +141,7 @@ def _encode(value: Any, where: str) -> Any:
     for tag, kind in _TORCH_ENUMS.items():
         if isinstance(value, kind):
             return {tag: str(value).removeprefix("torch.")}
-    raise ValueError(f"{where}: cannot store the value {value!r} ({type(value).__name__}) as plain data; "
+    raise FalfValueError(f"{where}: cannot store the value {value!r} ({type(value).__name__}) as plain data; "
                      "save this model with torch.save(gm) (pickle) instead")
 
 
@@ -149,11 +151,11 @@ def _decode(value: Any, nodes: dict[str, fx.Node]) -> Any:
     if isinstance(value, list):
         return [_decode(v, nodes) for v in value]
     if not isinstance(value, dict) or len(value) != 1:
-        raise ValueError(f"malformed {FORMAT} file: unexpected value {value!r}")
+        raise FalfValueError(f"malformed {FORMAT} file: unexpected value {value!r}")
     (tag, data), = value.items()
     if tag == "node":
         if data not in nodes:
-            raise ValueError(f"malformed {FORMAT} file: node {data!r} is used before it is defined")
+            raise FalfValueError(f"malformed {FORMAT} file: node {data!r} is used before it is defined")
         return nodes[data]
     if tag in ("tuple", "slice"):
         items = tuple(_decode(v, nodes) for v in data)
@@ -171,14 +173,14 @@ def _decode(value: Any, nodes: dict[str, fx.Node]) -> Any:
     kind = _TORCH_ENUMS.get(tag)
     if kind is not None and isinstance(getattr(torch, str(data), None), kind):
         return getattr(torch, data)
-    raise ValueError(f"malformed {FORMAT} file: unknown value {value!r}")
+    raise FalfValueError(f"malformed {FORMAT} file: unknown value {value!r}")
 
 
 def _class_name(module: nn.Module, name: str) -> str:
     cls = type(module)
     if cls is nn.Module or getattr(nn, cls.__name__, None) is cls:
         return f"torch.nn.{cls.__name__}"
-    raise ValueError(f"module '{name}' is a {cls.__module__}.{cls.__qualname__}, which is not a torch.nn class "
+    raise FalfValueError(f"module '{name}' is a {cls.__module__}.{cls.__qualname__}, which is not a torch.nn class "
                      "and cannot be rebuilt from plain data (it is probably a leaf fx could not trace); "
                      "save this model with torch.save(gm) (pickle) instead")
 
@@ -199,7 +201,7 @@ def _constructor_kwargs(module: nn.Module, name: str) -> dict[str, Any]:
         elif param.default is not param.empty:
             continue
         else:
-            raise ValueError(f"module '{name}' ({type(module).__name__}): its constructor argument "
+            raise FalfValueError(f"module '{name}' ({type(module).__name__}): its constructor argument "
                              f"'{param.name}' is not kept as an attribute; save with torch.save(gm) instead")
         kwargs[param.name] = _encode(value, f"module '{name}' argument '{param.name}'")
     return kwargs
@@ -210,7 +212,7 @@ def _build(entry: dict, name: str) -> nn.Module:
     dotted = entry["class"]
     cls = getattr(nn, dotted.removeprefix("torch.nn."), None) if dotted.startswith("torch.nn.") else None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module) and f"torch.nn.{cls.__name__}" == dotted):
-        raise ValueError(f"module '{name}': refusing class '{dotted}', which is not a torch.nn module class")
+        raise FalfValueError(f"module '{name}': refusing class '{dotted}', which is not a torch.nn module class")
     kwargs = {k: _decode(v, {}) for k, v in entry["kwargs"].items()}
     with torch.device("meta"):
         return cls(**kwargs)
@@ -234,7 +236,7 @@ class _Recorder:
         try:
             built = _build(entry, name)
         except Exception as error:  # noqa: BLE001 - reported as "cannot be rebuilt"
-            raise ValueError(f"module '{name}' ({type(module).__name__}) cannot be rebuilt from its "
+            raise FalfValueError(f"module '{name}' ({type(module).__name__}) cannot be rebuilt from its "
                              f"hyper-parameters ({error}); save this model with torch.save(gm) instead") from error
         self._compare(name, module, built)
         self._children(name, module, built)
@@ -244,7 +246,7 @@ class _Recorder:
         for child_name, child in module._modules.items():
             qualified = f"{name}.{child_name}" if name else child_name
             if child is None:
-                raise ValueError(f"module '{qualified}' is None; remove it before saving")
+                raise FalfValueError(f"module '{qualified}' is None; remove it before saving")
             if id(child) in self.seen:
                 self.aliases[qualified] = self.seen[id(child)]
                 continue
@@ -257,7 +259,7 @@ class _Recorder:
                 self._record(qualified, child)
         extra = set(built._modules) - set(module._modules)
         if extra:
-            raise ValueError(f"module '{name}' lacks submodules {sorted(extra)} its constructor makes; "
+            raise FalfValueError(f"module '{name}' lacks submodules {sorted(extra)} its constructor makes; "
                              "save this model with torch.save(gm) instead")
 
     def _tensors(self, name: str, module: nn.Module, built: nn.Module) -> None:
@@ -271,19 +273,19 @@ class _Recorder:
                     continue
                 if attr in made:
                     if made[attr] is None or made[attr].shape != tensor.shape:
-                        raise ValueError(f"'{qualified}' has shape {tuple(tensor.shape)} but a {type(module).__name__} "
+                        raise FalfValueError(f"'{qualified}' has shape {tuple(tensor.shape)} but a {type(module).__name__} "
                                          f"rebuilt from its hyper-parameters makes "
                                          f"{None if made[attr] is None else tuple(made[attr].shape)}")
                 elif kind == "parameters" or qualified in self.state_keys:
                     if name not in self.modules:
-                        raise ValueError(f"'{qualified}' was added to a submodule that its parent's constructor "
+                        raise FalfValueError(f"'{qualified}' was added to a submodule that its parent's constructor "
                                          "makes; save this model with torch.save(gm) instead")
                     self.modules[name][kind].append(qualified)
                 if kind == "buffers" and qualified not in self.state_keys:
                     self.extra_tensors[qualified] = tensor  # non-persistent: not in the state dict
             missing = sorted(a for a, t in made.items() if t is not None and own.get(a) is None)
             if missing:
-                raise ValueError(f"module '{name}' ({type(module).__name__}) lacks the {kind} {missing} that "
+                raise FalfValueError(f"module '{name}' ({type(module).__name__}) lacks the {kind} {missing} that "
                                  "its constructor makes; save this model with torch.save(gm) instead")
         for attr, value in vars(module).items():
             if isinstance(value, torch.Tensor):
@@ -304,13 +306,13 @@ class _Recorder:
                 detail = ("has hooks (code), which plain data cannot hold" if "hook" in key else
                           f"has {key}={value!r} but its rebuilt copy has {key}="
                           f"{'(nothing)' if rebuilt is _MISSING else repr(rebuilt)}")
-                raise ValueError(f"module '{name}' ({type(module).__name__}) {detail}; "
+                raise FalfValueError(f"module '{name}' ({type(module).__name__}) {detail}; "
                                  "save this model with torch.save(gm) (pickle) instead")
 
 
 def _encode_graph(gm: fx.GraphModule) -> list[dict]:
     if type(gm.graph._codegen) is not fx.graph.CodeGen:
-        raise ValueError("this graph uses a custom code generator; save it with torch.save(gm) instead")
+        raise FalfValueError("this graph uses a custom code generator; save it with torch.save(gm) instead")
     nodes = []
     for node in gm.graph.nodes:
         where = f"node '{node.name}'"
@@ -333,7 +335,7 @@ def _is_plain(value: Any) -> bool:
 def to_plain(gm: fx.GraphModule) -> dict[str, Any]:
     """``gm`` as plain data and tensors: what :func:`save` writes, and what a checkpoint embeds."""
     if not isinstance(gm, fx.GraphModule):
-        raise TypeError(f"save() takes a torch.fx.GraphModule, not {type(gm).__name__}")
+        raise FalfTypeError(f"save() takes a torch.fx.GraphModule, not {type(gm).__name__}")
     recorder = _Recorder(gm)
     named = dict(gm.named_modules(remove_duplicate=False))
     first_name: dict[int, str] = {}
@@ -376,12 +378,12 @@ def _read(path: PathLike, map_location: Any) -> dict:
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(f"{path!s} is not a {FORMAT} file: torch.load(weights_only=True) refused it (a pickled "
+        raise FalfValueError(f"{path!s} is not a {FORMAT} file: torch.load(weights_only=True) refused it (a pickled "
                          "model from torch.save(model), or not a torch file); load a pickle with "
                          "torch.load(path, weights_only=False) only if you trust its source") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path!s} is not a {FORMAT} file (found {found!r}); write one with falf_fx.save(gm, path)")
+        raise FalfValueError(f"{path!s} is not a {FORMAT} file (found {found!r}); write one with falf_fx.save(gm, path)")
     return data
 
 
@@ -403,12 +405,12 @@ def _build_graph(data: dict, root: fx.GraphModule) -> fx.Graph:
             _check_path(target, where)
         if op == "placeholder" and not (isinstance(target, str) and _PLACEHOLDER.fullmatch(target)
                                         and not keyword.iskeyword(target.lstrip("*"))):
-            raise ValueError(f"{where}: refusing the argument name {target!r}")
+            raise FalfValueError(f"{where}: refusing the argument name {target!r}")
         if not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
-            raise ValueError(f"{where}: refusing keyword names {sorted(map(repr, kwargs))}")
+            raise FalfValueError(f"{where}: refusing keyword names {sorted(map(repr, kwargs))}")
         node = graph.create_node(op, target, args, kwargs, name=entry["name"])
         if node.name != entry["name"]:
-            raise ValueError(f"malformed {FORMAT} file: {where} was renamed '{node.name}'")
+            raise FalfValueError(f"malformed {FORMAT} file: {where} was renamed '{node.name}'")
         nodes[node.name] = node
     graph.lint()
     return graph
@@ -431,10 +433,10 @@ def load(path: PathLike, map_location: Optional[Any] = None) -> fx.GraphModule:
 def from_plain(data: dict[str, Any]) -> fx.GraphModule:
     """The GraphModule of :func:`to_plain`'s data, rebuilt from allowlisted classes and calls only."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"not {FORMAT} data: write it with falf_fx.serialize.to_plain(gm)")
+        raise FalfValueError(f"not {FORMAT} data: write it with falf_fx.serialize.to_plain(gm)")
     state = data["state_dict"]
     if not (str(data["class_name"]).isidentifier() and data["modules"][""]["class"] == _ROOT_CLASS):
-        raise ValueError(f"malformed {FORMAT} file: bad root module")
+        raise FalfValueError(f"malformed {FORMAT} file: bad root module")
     _check_names(data)
     gm = fx.GraphModule(nn.Module(), fx.Graph(), data["class_name"])
     for name, entry in data["modules"].items():
@@ -469,5 +471,5 @@ def from_plain(data: dict[str, Any]) -> fx.GraphModule:
     gm.meta.update(data["meta"])
     left = [n for n, t in [*gm.named_parameters(), *gm.named_buffers()] if t.is_meta]
     if left:
-        raise ValueError(f"malformed {FORMAT} file: no values for {left}")
+        raise FalfValueError(f"malformed {FORMAT} file: no values for {left}")
     return gm

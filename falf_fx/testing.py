@@ -20,7 +20,7 @@ from falf_fx.passes.plan import PruningPlan
 from falf_fx.passes.rewrite import slim_graph_module
 
 from .capture import as_input_tuple, trace
-from .errors import EquivalenceError
+from .errors import EquivalenceError, FalfTypeError
 from .planning import random_plan
 
 __all__ = ["EquivalenceResult", "Float64Interpreter", "MaskedReference", "check_equivalence"]
@@ -122,7 +122,7 @@ def check_equivalence(model: nn.Module, example_inputs: Any, plan: Optional[Prun
         gm = trace(model, inputs)
         plan = random_plan(analysis or analyze_graph(gm), seed)
     if slim is not None and not isinstance(slim, fx.GraphModule):
-        raise TypeError(f"slim must be the GraphModule falf_fx returned, not {type(slim).__name__}")
+        raise FalfTypeError(f"slim must be the GraphModule falf_fx returned, not {type(slim).__name__}")
     gm = plan.analysis.graph_module
     inputs64 = tuple(_double(x) for x in inputs)
     with torch.no_grad(), eval_mode(gm):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from .checkpoint import CheckpointStore, fingerprint
-from .errors import FalfError
+from .errors import FalfError, FalfValueError
 
 __all__ = ["TrainConfig", "TrainingError", "train", "evaluate", "epoch_loader", "is_distributed",
            "all_reduce_mean", "init_distributed_from_env", "lr_factor", "steps_per_epoch", "LossFn"]
@@ -128,12 +128,12 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', not {config.optimizer!r}")
+    raise FalfValueError(f"optimizer must be 'sgd' or 'adam', not {config.optimizer!r}")
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, epoch_steps: int):
     if config.schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', not {config.schedule!r}")
+        raise FalfValueError(f"schedule must be 'cosine' or 'constant', not {config.schedule!r}")
     horizon = config.horizon or config.epochs * epoch_steps
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(config, config.offset + step, horizon))

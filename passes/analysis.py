@@ -18,6 +18,7 @@ from .channel_space import ChannelSpace, ParamAxis, components, first_seen_pairs
 from .rule_registry import RuleContext, node_where, rule_for
 from .rules.common import freeze_inputs, untracked_like
 from .size_flow import combine_counts, freeze_counts, read_count
+from .errors import FalfValueError
 
 __all__ = ["Analysis", "AnalysisPass", "ChannelGroup", "GroupMember", "analyze_graph", "tensor_named",
            "AUTO_LEAVES_KEY"]
@@ -220,7 +221,7 @@ def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str
     modules = dict(gm.named_modules(remove_duplicate=False))
     for node in gm.graph.nodes:
         if node.op == "placeholder" and "val" not in node.meta:
-            raise ValueError(f"{node_where(node)} has no shape information: trace the model with "
+            raise FalfValueError(f"{node_where(node)} has no shape information: trace the model with "
                              "falf_fx.trace(model, example_inputs) before analysing it")
         ctx = RuleContext(node, space, layouts, gm, canonical, modules)
         value = node.meta.get("val")

@@ -120,7 +120,7 @@ class ChannelSpace:
     def unite(self, a: np.ndarray, b: np.ndarray) -> None:
         """Unite a[i] with b[i] for every i (shapes must match)."""
         if a.shape != b.shape:
-            raise ValueError(f"cannot unite atom arrays of shapes {a.shape} and {b.shape}")
+            raise RuntimeError(f"internal: a rule united atom arrays of shapes {a.shape} and {b.shape}")
         a, b = _atoms(a), _atoms(b)
         differ = a != b
         if differ.any():

@@ -37,6 +37,7 @@ from .analysis import Analysis, analyze_graph
 from .modes import eval_mode
 from .channel_space import ParamAxis
 from .plan import PlanError, PruningPlan
+from .errors import FalfValueError
 
 __all__ = ["FoldResult", "removed_inputs", "measure_inputs", "fold_constants"]
 
@@ -116,7 +117,7 @@ def measure_inputs(gm: fx.GraphModule, consumers: Mapping[str, np.ndarray],
         for handle in handles:
             handle.remove()
     if consumers and not counts:
-        raise ValueError("measure_inputs got no batches: pass at least one batch of model inputs")
+        raise FalfValueError("measure_inputs got no batches: pass at least one batch of model inputs")
     return {name: (sums[name] / counts[name])[torch.as_tensor(positions)] for name, positions in consumers.items()}
 
 
@@ -153,14 +154,14 @@ def fold_constants(gm: fx.GraphModule, plan: PruningPlan, constants: Mapping[str
     foldable, unfolded = _consumers(plan.analysis, plan)
     missing = sorted(set(foldable) - set(constants))
     if missing:
-        raise ValueError(f"no constants for the consumers {missing}: measure them with measure_inputs")
+        raise FalfValueError(f"no constants for the consumers {missing}: measure them with measure_inputs")
     folded_gm = copy.deepcopy(gm)
     folded, inexact, created = {}, [], False
     for name, positions in foldable.items():
         module = folded_gm.get_submodule(name)
         values = torch.as_tensor(constants[name], dtype=torch.float64)
         if values.shape != (positions.size,):
-            raise ValueError(f"{name}: {positions.size} constants expected, got shape {tuple(values.shape)}")
+            raise FalfValueError(f"{name}: {positions.size} constants expected, got shape {tuple(values.shape)}")
         index = torch.as_tensor(positions, device=module.weight.device)
         columns = module.weight.index_select(1, index).double()  # (out, k, *kernel)
         shift = (columns.reshape(*columns.shape[:2], -1).sum(2) * values.to(columns.device)).sum(1)

@@ -30,6 +30,7 @@ from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .shape_prop import fake_inputs_like, propagate_shapes
+from .errors import FalfValueError
 
 __all__ = ["HetConv2d", "HetConvPass", "Selection", "conversion_blocker", "hetconv_graph_module", "HETCONV_KEY"]
 
@@ -89,15 +90,15 @@ class HetConv2d(nn.Module):
         super().__init__()
         kernel = _pair(kernel_size)
         if kernel[0] != kernel[1] or kernel[0] % 2 == 0:
-            raise ValueError(f"HetConv2d needs a square kernel of odd size, got {kernel}")
+            raise FalfValueError(f"HetConv2d needs a square kernel of odd size, got {kernel}")
         if p < 1 or in_channels % p or out_channels % p:
-            raise ValueError(f"P={p} must be a positive divisor of both in_channels={in_channels} and "
+            raise FalfValueError(f"P={p} must be a positive divisor of both in_channels={in_channels} and "
                              f"out_channels={out_channels}")
         dilation = _pair(dilation)
         padding = _reach(kernel, dilation) if padding is None else _pair(padding)
         pointwise_padding = tuple(pad - r for pad, r in zip(padding, _reach(kernel, dilation)))
         if min(pointwise_padding) < 0:
-            raise ValueError(f"padding {padding} is smaller than the kernel's half-width {_reach(kernel, dilation)}: "
+            raise FalfValueError(f"padding {padding} is smaller than the kernel's half-width {_reach(kernel, dilation)}: "
                              "the centre taps are not input pixels")
         self.in_channels, self.out_channels, self.p = in_channels, out_channels, p
         factory = {"device": device, "dtype": dtype}
@@ -142,7 +143,7 @@ class HetConv2d(nn.Module):
         """
         n, m, kh, kw = weight.shape
         if (n, m, (kh, kw)) != (self.out_channels, self.in_channels, self.spatial.kernel_size):
-            raise ValueError(f"dense weight of shape {tuple(weight.shape)} does not fit a HetConv2d with "
+            raise FalfValueError(f"dense weight of shape {tuple(weight.shape)} does not fit a HetConv2d with "
                              f"{self.out_channels} filters, {self.in_channels} inputs and kernel "
                              f"{self.spatial.kernel_size}")
         b, filters = self.block, self.out_channels // self.p
@@ -158,7 +159,7 @@ class HetConv2d(nn.Module):
         """A HetConv2d initialised from ``conv``: its K×K kernels where kept, their centre taps elsewhere."""
         blocker = conversion_blocker(conv, p)
         if blocker is not None:
-            raise ValueError(f"cannot convert this conv to HetConv with P={p}: {blocker}")
+            raise FalfValueError(f"cannot convert this conv to HetConv with P={p}: {blocker}")
         het = cls(conv.in_channels, conv.out_channels, conv.kernel_size, p, conv.stride, _padding_of(conv),
                   conv.dilation, conv.bias is not None, conv.padding_mode,
                   device=conv.weight.device, dtype=conv.weight.dtype)
@@ -208,7 +209,7 @@ def _chosen(convs: dict[str, nn.Module], select: Selection) -> dict[str, Optiona
     chosen = {name: None for name in convs if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)}
     if not chosen:
         examples = ", ".join(f"'{n}'" for n in list(convs)[:4]) or "none"
-        raise ValueError(f"select {patterns} matches no conv of this model (its convs are named like {examples})")
+        raise FalfValueError(f"select {patterns} matches no conv of this model (its convs are named like {examples})")
     return chosen
 
 
@@ -250,9 +251,9 @@ def hetconv_graph_module(gm: fx.GraphModule, p: int = 4, select: Selection = Non
     what was converted and what was skipped, with the reason.
     """
     if not isinstance(p, int) or p < 1:
-        raise ValueError(f"P must be a positive integer, got {p!r}")
+        raise FalfValueError(f"P must be a positive integer, got {p!r}")
     if any("val" not in n.meta for n in gm.graph.nodes if n.op == "placeholder"):
-        raise ValueError("trace the model with falf_fx.trace(model, example_inputs) before converting it")
+        raise FalfValueError("trace the model with falf_fx.trace(model, example_inputs) before converting it")
     new = copy.deepcopy(gm)
     convs = _called_convs(new)
     converted, skipped = [], {}

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from .errors import FalfValueError
 
 __all__ = ["FatuousHead", "AttachFatuousHeads", "default_attachment_point", "remove_fatuous_heads", "HEAD_PREFIX"]
 
@@ -59,7 +60,7 @@ def default_attachment_point(gm: fx.GraphModule) -> str:
     for node in reversed(list(gm.graph.nodes)):
         if node.op not in ("placeholder", "get_attr", "output") and _feature_map(node) is not None:
             return node.name
-    raise ValueError("no feature map (batch, channels, spatial...) in this model to attach a fatuous head to; "
+    raise FalfValueError("no feature map (batch, channels, spatial...) in this model to attach a fatuous head to; "
                      "name an attachment point explicitly")
 
 
@@ -82,10 +83,10 @@ class AttachFatuousHeads(PassBase):
         heads = []
         for index, point in enumerate(points):
             if point not in by_name:
-                raise ValueError(f"attachment point '{point}' is not a node of this graph")
+                raise FalfValueError(f"attachment point '{point}' is not a node of this graph")
             shape = _feature_map(by_name[point])
             if shape is None:
-                raise ValueError(f"attachment point '{point}' is not a feature map (batch, channels, spatial...)")
+                raise FalfValueError(f"attachment point '{point}' is not a feature map (batch, channels, spatial...)")
             head = FatuousHead(shape[1], self.num_outputs)
             with torch.no_grad():
                 for p in head.parameters():

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 
 from .analysis import Analysis
-from .errors import FalfError
+from .errors import FalfValueError
 
 __all__ = ["PlanError", "PruningPlan"]
 
 
-class PlanError(FalfError, ValueError):
+class PlanError(FalfValueError):
     """A plan that cannot be applied exactly; the message says which group and why."""
 
 

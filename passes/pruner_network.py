@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from .errors import FalfValueError
 
 __all__ = ["GateHeads", "BuildPrunerNetwork", "classifier_features", "HEADS_NAME"]
 
@@ -31,7 +32,7 @@ class GateHeads(nn.Module):
     def __init__(self, in_features: int, sizes: Sequence[int], init_gate: float = 0.9, seed: int = 0) -> None:
         super().__init__()
         if not 0.0 < init_gate < 1.0:
-            raise ValueError(f"init_gate is a gate value in (0, 1), got {init_gate}")
+            raise FalfValueError(f"init_gate is a gate value in (0, 1), got {init_gate}")
         self.heads = nn.ModuleList(nn.Linear(in_features, size) for size in sizes)
         self.register_buffer("alpha", torch.tensor(1.0))
         generator = torch.Generator().manual_seed(seed)
@@ -60,7 +61,7 @@ def classifier_features(gm: fx.GraphModule) -> fx.Node:
             return node.args[0]
         inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
         node = inputs[0] if len(inputs) == 1 else None
-    raise ValueError("cannot find the classifier (a Linear feeding the output through single-input ops): "
+    raise FalfValueError("cannot find the classifier (a Linear feeding the output through single-input ops): "
                      "name the node whose output the gate heads read with features=")
 
 
@@ -79,11 +80,11 @@ class BuildPrunerNetwork(PassBase):
         graph = pruner.graph
         by_name = {n.name: n for n in graph.nodes}
         if self.features is not None and self.features not in by_name:
-            raise ValueError(f"features='{self.features}' is not a node of this graph")
+            raise FalfValueError(f"features='{self.features}' is not a node of this graph")
         features = by_name[self.features] if self.features else classifier_features(pruner)
         value = features.meta.get("val")
         if not isinstance(value, torch.Tensor) or value.dim() < 2:
-            raise ValueError(f"the gate heads read node '{features.name}', which is not a (batch, features...) "
+            raise FalfValueError(f"the gate heads read node '{features.name}', which is not a (batch, features...) "
                              "tensor: name another node with features=")
         pruner.add_module(HEADS_NAME, GateHeads(int(value.shape[1]), self.sizes, self.init_gate, self.seed))
         output = next(n for n in reversed(graph.nodes) if n.op == "output")

@@ -14,6 +14,7 @@ from .plan import PruningPlan
 from .rule_registry import SlimView, rule_for
 from .shape_prop import fake_inputs_like, propagate_shapes
 from .errors import FalfError
+from .errors import FalfValueError
 
 __all__ = ["SlimError", "SlimPass", "slim_graph_module", "REMOVED_KEY"]
 
@@ -174,9 +175,9 @@ def slim_graph_module(gm: fx.GraphModule, plan: PruningPlan, verify: bool = True
     """
     analysis = plan.analysis
     if [n.name for n in gm.graph.nodes] != [n.name for n in analysis.graph_module.graph.nodes]:
-        raise ValueError("this plan was made for a different graph: analyse the module you slim")
+        raise FalfValueError("this plan was made for a different graph: analyse the module you slim")
     if inplace and gm is not analysis.graph_module:
-        raise ValueError("inplace=True slims the very module the plan's analysis was made from")
+        raise FalfValueError("inplace=True slims the very module the plan's analysis was made from")
     plan.validate()
     removed = plan.removed_channels()
     view = _slim_view(analysis, removed)

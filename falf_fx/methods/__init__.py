@@ -11,6 +11,8 @@ from .play_and_prune import PlayAndPrune
 from .pruner_network import PrunerNetwork
 from .taylor import Taylor
 
+from ..errors import FalfValueError
+
 __all__ = ["METHODS", "FALF", "Magnitude", "Proposal", "PruningMethod", "Round", "ScoreMethod", "Stability",
            "Taylor", "make_method"]
 
@@ -20,8 +22,8 @@ METHODS = {"falf": FALF, "stability": Stability, "magnitude": Magnitude, "correl
 
 def make_method(name: str, **options: Any) -> PruningMethod:
     if name not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, not {name!r}")
+        raise FalfValueError(f"method must be one of {sorted(METHODS)}, not {name!r}")
     try:
         return METHODS[name](**options)
     except TypeError as error:
-        raise ValueError(f"method {name!r} does not take these options: {error}") from error
+        raise FalfValueError(f"method {name!r} does not take these options: {error}") from error

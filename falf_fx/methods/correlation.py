@@ -39,6 +39,7 @@ from torch import nn
 from falf_fx.passes.analysis import ChannelGroup, tensor_named
 from falf_fx.passes.plan import PruningPlan
 
+from ..errors import FalfValueError
 from ..importance import group_importance
 from ..planning import _repair_emptied_axes
 from ..training import TrainConfig
@@ -119,7 +120,7 @@ def correlation_penalty(rho: torch.Tensor, form: str = "exp") -> torch.Tensor:
         return (1.0 - rho.abs()).sum()
     if form == "paper":
         return torch.exp(-rho.abs().sum())
-    raise ValueError(f"penalty must be one of {PENALTIES}, not {form!r}")
+    raise FalfValueError(f"penalty must be one of {PENALTIES}, not {form!r}")
 
 
 def _orient(a: int, b: int, score: np.ndarray, frozen: np.ndarray) -> Pair:
@@ -175,11 +176,11 @@ class Correlation(MethodBase):
 
     def __post_init__(self) -> None:
         if self.penalty not in PENALTIES:
-            raise ValueError(f"penalty must be one of {PENALTIES}, not {self.penalty!r}")
+            raise FalfValueError(f"penalty must be one of {PENALTIES}, not {self.penalty!r}")
         if not isinstance(self.raise_epochs, int) or self.raise_epochs < 0:
-            raise ValueError(f"raise_epochs must be a whole number >= 0, not {self.raise_epochs!r}")
+            raise FalfValueError(f"raise_epochs must be a whole number >= 0, not {self.raise_epochs!r}")
         if float(self.mu) < 0:
-            raise ValueError(f"mu must be >= 0, not {self.mu!r}")
+            raise FalfValueError(f"mu must be >= 0, not {self.mu!r}")
 
     def propose(self, round_: Round) -> Proposal:
         analysis = round_.analysis

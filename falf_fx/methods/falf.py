@@ -24,6 +24,7 @@ from torch import fx, nn
 
 from falf_fx.passes.instrument import AttachFatuousHeads
 
+from ..errors import FalfValueError
 from ..data import with_indices
 from ..training import TrainConfig, epoch_loader
 from .base import Proposal, Round, ScoreMethod, plan_to_goal, shared_scores, weight_members
@@ -46,7 +47,7 @@ class FatuousTask:
 
     def __post_init__(self) -> None:
         if self.kind not in FATUOUS_TARGETS:
-            raise ValueError(f"fatuous target must be one of {FATUOUS_TARGETS}, not {self.kind!r}")
+            raise FalfValueError(f"fatuous target must be one of {FATUOUS_TARGETS}, not {self.kind!r}")
         gen = torch.Generator().manual_seed(self.seed)
         if self.kind == "random":
             self.table = torch.randint(0, self.num_outputs, (self.num_samples,), generator=gen)
@@ -100,9 +101,9 @@ class FALF(ScoreMethod):
 
     def __post_init__(self) -> None:
         if self.score not in FALF_SCORES:
-            raise ValueError(f"FALF score must be one of {FALF_SCORES}, not {self.score!r}")
+            raise FalfValueError(f"FALF score must be one of {FALF_SCORES}, not {self.score!r}")
         if self.target not in FATUOUS_TARGETS:
-            raise ValueError(f"fatuous target must be one of {FATUOUS_TARGETS}, not {self.target!r}")
+            raise FalfValueError(f"fatuous target must be one of {FATUOUS_TARGETS}, not {self.target!r}")
 
     def propose(self, round_: Round) -> Proposal:
         trained = copy.deepcopy(round_.gm)

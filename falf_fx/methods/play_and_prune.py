@@ -35,6 +35,7 @@ from falf_fx.passes.fold_constants import fold_constants, measure_inputs, remove
 from falf_fx.passes.modes import eval_mode
 from falf_fx.passes.plan import PruningPlan
 
+from ..errors import FalfValueError
 from ..planning import plan_for_macs
 from ..testing import MaskedReference
 from ..training import TrainConfig, all_reduce_mean, epoch_loader
@@ -131,7 +132,7 @@ class PlayAndPrune:
 
     def __post_init__(self) -> None:
         if not (self.threshold > 0 and self.lam > 0 and self.grow > 1 and 0 < self.zero < 1 and self.patience >= 1):
-            raise ValueError("play_and_prune needs threshold > 0, lam > 0, grow > 1, 0 < zero < 1 and patience >= 1")
+            raise FalfValueError("play_and_prune needs threshold > 0, lam > 0, grow > 1, 0 < zero < 1 and patience >= 1")
         self.setting = Setting(self.threshold, self.lam, self.grow)
 
     def propose(self, round_: Round) -> Proposal:

@@ -44,7 +44,7 @@ from falf_fx.passes.gates import GATED_GROUPS_KEY, InsertGates, remove_gates
 from falf_fx.passes.plan import PruningPlan
 from falf_fx.passes.pruner_network import HEADS_NAME, BuildPrunerNetwork
 
-from ..errors import FalfError
+from ..errors import FalfError, FalfValueError
 from ..planning import _repair_emptied_axes
 from ..training import TrainConfig
 from .base import MethodBase, Proposal, Round, shared_scores
@@ -163,9 +163,9 @@ class PrunerNetwork(MethodBase):
 
     def __post_init__(self) -> None:
         if self.lam <= 0 or self.epochs < 1 or self.search_trials < 1 or self.search_factor <= 1:
-            raise ValueError("pruner_network needs lam > 0, epochs >= 1, search_trials >= 1, search_factor > 1")
+            raise FalfValueError("pruner_network needs lam > 0, epochs >= 1, search_trials >= 1, search_factor > 1")
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold is a gate value in (0, 1), got {self.threshold}")
+            raise FalfValueError(f"threshold is a gate value in (0, 1), got {self.threshold}")
 
     # -- the protocol -------------------------------------------------------------------------------
 

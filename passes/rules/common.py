@@ -45,7 +45,7 @@ def tensor_operands(ctx: RuleContext) -> list[fx.Node]:
 def first_tensor(ctx: RuleContext) -> fx.Node:
     operands = tensor_operands(ctx)
     if not operands:
-        raise ValueError(f"{ctx.where} has no tensor input")
+        raise RuntimeError(f"internal: a tensor rule was applied to {ctx.where}, which has no tensor input")
     return operands[0]
 
 

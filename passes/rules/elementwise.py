@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rule_registry import Layout, RuleContext, register_rule
-from .common import couple, first_tensor, normalize_dim, parse_dims, tensor_operands
+from .common import couple, first_tensor, parse_dims, tensor_operands
 
 # -- one tensor in, same channels out --------------------------------------------
 UNARY_MODULES = (
