@@ -17,7 +17,7 @@ def reshape_chunks(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tu
     """Pair runs of input dims with runs of output dims of equal element count.
 
     This is how a view regroups memory: ``(N, C, H, W) -> (N, g, C//g, H, W)``
-    pairs ``C`` with ``(g, C//g)``.  Raises ValueError if the sizes do not match.
+    pairs ``C`` with ``(g, C//g)``.  Sizes that do not match are a bug of the caller (RuntimeError).
     """
     chunks: list[tuple[range, range]] = []
     i = j = 0

@@ -26,7 +26,7 @@ def test_unite_blocks_ties_position_p_of_every_block():
 
 def test_unite_needs_arrays_of_one_shape():
     space = ChannelSpace()
-    with pytest.raises(ValueError, match=r"cannot unite atom arrays of shapes \(2,\) and \(3,\)"):
+    with pytest.raises(RuntimeError, match=r"internal: a rule united atom arrays of shapes \(2,\) and \(3,\)"):
         space.unite(space.new_atoms(2), space.new_atoms(3))
 
 
