@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import numpy as np
@@ -13,7 +13,7 @@ from falf_fx.passes.plan import PlanError, PruningPlan
 
 from .errors import FalfValueError
 
-__all__ = ["ALLOCATIONS", "MacsModel", "allocate", "channel_mac_costs", "plan_by_ratio", "plan_for_macs",
+__all__ = ["ALLOCATIONS", "MacsModel", "allocate", "channel_mac_costs", "meet_macs_goal", "plan_by_ratio",
            "random_plan"]
 
 ALLOCATIONS = ("uniform", "global", "cost")
@@ -105,32 +105,6 @@ def channel_mac_costs(analysis: Analysis, macs_by_module: Mapping[str, int]) -> 
     return costs
 
 
-def plan_for_macs(analysis: Analysis, scores: Mapping[int, np.ndarray], macs_to_remove: float,
-                  costs: Mapping[int, np.ndarray]) -> PruningPlan:
-    """Remove the globally least important channels until about ``macs_to_remove`` MACs go.
-
-    Scores are compared across groups after dividing by each group's mean, so a
-    layer's allocation follows its scores; no group loses its last channel.
-    """
-    candidates = []
-    for group in analysis.prunable_groups:
-        score = np.asarray(scores[group.id], dtype=np.float64)
-        scale = np.abs(score).mean() or 1.0
-        candidates.extend((score[i] / scale, group.id, i) for i in np.flatnonzero(~group.frozen))
-    candidates.sort()
-    removals: dict[int, list[int]] = {}
-    saved = 0.0
-    for _, gid, index in candidates:
-        if saved >= macs_to_remove:
-            break
-        if len(removals.get(gid, ())) + 1 >= analysis.groups[gid].size:
-            continue
-        removals.setdefault(gid, []).append(int(index))
-        saved += costs[gid][index]
-    _repair_emptied_axes(analysis, removals, scores)
-    return PruningPlan.build(analysis, removals)
-
-
 class MacsModel:
     """The MACs a plan leaves, predicted from the analysis without building the slim model.
 
@@ -193,30 +167,34 @@ def _removal_order(analysis: Analysis, scores: Mapping[int, np.ndarray], allocat
 def allocate(analysis: Analysis, scores: Mapping[int, np.ndarray], goal_macs: float, macs: MacsModel,
              allocation: str = "uniform", costs: Optional[Mapping[int, np.ndarray]] = None,
              min_keep: float = 0.05) -> PruningPlan:
-    """The smallest removal, in the allocation's order, whose predicted MACs reach ``goal_macs``.
-
-    The prediction falls as the removal grows, so a bisection over how many
-    channels of the order go finds it in a few dozen predictions.
-    """
+    """The smallest removal, in the allocation's order, whose predicted MACs reach ``goal_macs``."""
     if allocation not in ALLOCATIONS:
         raise PlanError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
     order = _removal_order(analysis, scores, allocation, costs or {}, min_keep)
-    ids = np.array([analysis.groups[g].channel_ids[i] for g, i in order], dtype=np.int64)
+    return meet_macs_goal(analysis, order, goal_macs, macs, scores)
 
-    def left(count: int) -> float:
-        removed = np.zeros(analysis.group_of_channel.size, dtype=bool)
-        removed[ids[:count]] = True
-        return macs.predict(removed)
+
+def meet_macs_goal(analysis: Analysis, order: Sequence[tuple[int, int]], goal_macs: float, macs: MacsModel,
+                   scores: Mapping[int, np.ndarray]) -> PruningPlan:
+    """The plan of the shortest prefix of ``order`` (group, channel) whose predicted MACs reach ``goal_macs``.
+
+    Every MACs goal in falf_fx is met here.  The prediction falls as the prefix grows,
+    so a bisection finds it in a few dozen predictions; ``scores`` pick the channel a
+    group gives back when a removal would empty a tensor axis.  The whole order if the
+    goal is out of reach.
+    """
+    def plan_of(count: int) -> PruningPlan:
+        removals: dict[int, list[int]] = {}
+        for gid, index in order[:count]:
+            removals.setdefault(gid, []).append(int(index))
+        _repair_emptied_axes(analysis, removals, scores)
+        return PruningPlan.build(analysis, removals)
 
     low, high = 0, len(order)
     while low < high:
         middle = (low + high) // 2
-        if left(middle) <= goal_macs:
+        if macs.predict(plan_of(middle).removed_channels()) <= goal_macs:
             high = middle
         else:
             low = middle + 1
-    removals: dict[int, list[int]] = {}
-    for gid, index in order[:low]:
-        removals.setdefault(gid, []).append(index)
-    _repair_emptied_axes(analysis, removals, scores)
-    return PruningPlan.build(analysis, removals)
+    return plan_of(low)

@@ -23,7 +23,7 @@ from ..checkpoint import CheckpointStore
 from ..planning import MacsModel, allocate
 from ..training import LossFn, TrainConfig, all_reduce_mean, train
 
-__all__ = ["Round", "Proposal", "PruningMethod", "MethodBase", "ScoreMethod", "plan_to_goal", "shared_scores",
+__all__ = ["Round", "Proposal", "PruningMethod", "MethodBase", "ScoreMethod", "shared_scores",
            "weight_members"]
 
 
@@ -58,6 +58,11 @@ class Round:
                             for n in self.gm.graph.nodes if n.op == "placeholder")
             self.total_macs = self.total_macs or float(count_cost(self.gm, example).macs)
             self.macs_model = MacsModel(self.analysis, macs_by_module(self.gm, example), self.total_macs)
+
+    def allocate(self, scores: dict[int, np.ndarray]) -> PruningPlan:
+        """This round's removal: the round's allocation of ``scores`` down to its MACs goal."""
+        goal = self.total_macs - self.macs_to_remove if np.isfinite(self.macs_to_remove) else 0.0
+        return allocate(self.analysis, scores, goal, self.macs_model, self.allocation, self.costs, self.min_keep)
 
     def phase(self, name: str) -> str:
         """A checkpoint phase name unique to this round."""
@@ -123,14 +128,7 @@ class ScoreMethod(MethodBase):
 
     def propose(self, round_: Round) -> Proposal:
         scores = self.scores(round_)
-        return Proposal(plan_to_goal(round_, scores), round_.gm)
-
-
-def plan_to_goal(round_: Round, scores: dict[int, np.ndarray]) -> PruningPlan:
-    """Remove channels in the round's allocation order until its predicted MACs meet the goal."""
-    goal = round_.total_macs - round_.macs_to_remove if np.isfinite(round_.macs_to_remove) else 0.0
-    return allocate(round_.analysis, scores, goal, round_.macs_model, round_.allocation, round_.costs,
-                    round_.min_keep)
+        return Proposal(round_.allocate(scores), round_.gm)
 
 
 def shared_scores(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

@@ -43,7 +43,7 @@ from ..errors import FalfValueError
 from ..importance import group_importance
 from ..planning import _repair_emptied_axes
 from ..training import TrainConfig
-from .base import MethodBase, Proposal, Round, plan_to_goal
+from .base import MethodBase, Proposal, Round
 
 __all__ = ["Correlation", "PENALTIES", "correlation_penalty", "pair_pearson", "pearson", "producer_filters",
            "select_pairs"]
@@ -189,7 +189,7 @@ class Correlation(MethodBase):
             correlation = {gid: pearson(producer_filters(round_.gm, g).double()).numpy()
                            for gid, g in groups.items()}
         l1 = group_importance(analysis, "l1")
-        quotas = {gid: len(idx) for gid, idx in plan_to_goal(round_, l1).removals.items()}  # the allocation's share
+        quotas = {gid: len(idx) for gid, idx in round_.allocate(l1).removals.items()}  # the allocation's share
         pairs = select_pairs(correlation, quotas, {gid: g.frozen for gid, g in groups.items()}, l1)
         model = copy.deepcopy(round_.gm)  # a round compress rejects leaves the previous model untouched
         rho_before = self._pair_rho(model, groups, pairs)

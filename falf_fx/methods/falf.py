@@ -27,7 +27,7 @@ from falf_fx.passes.instrument import AttachFatuousHeads
 from ..errors import FalfValueError
 from ..data import with_indices
 from ..training import TrainConfig, epoch_loader
-from .base import Proposal, Round, ScoreMethod, plan_to_goal, shared_scores, weight_members
+from .base import Proposal, Round, ScoreMethod, shared_scores, weight_members
 
 __all__ = ["FALF", "Stability", "FATUOUS_TARGETS", "FALF_SCORES"]
 
@@ -109,7 +109,7 @@ class FALF(ScoreMethod):
         trained = copy.deepcopy(round_.gm)
         scores = self.scores(round_, trained)
         model = round_.gm if self.probe else trained
-        return Proposal(plan_to_goal(round_, scores), model)
+        return Proposal(round_.allocate(scores), model)
 
     def scores(self, round_: Round, trained: fx.GraphModule) -> dict[int, np.ndarray]:
         """Train ``trained`` (a copy of ``round_.gm``) with the fatuous head and score its channels."""

@@ -36,7 +36,7 @@ from falf_fx.passes.modes import eval_mode
 from falf_fx.passes.plan import PruningPlan
 
 from ..errors import FalfValueError
-from ..planning import plan_for_macs
+from ..planning import allocate
 from ..testing import MaskedReference
 from ..training import TrainConfig, all_reduce_mean, epoch_loader
 from .base import Proposal, Round, weight_members
@@ -174,9 +174,10 @@ class PlayAndPrune:
     def _plan(self, round_: Round, analysis: Analysis, scores: dict[int, np.ndarray],
               zeroed: dict[int, np.ndarray]) -> PruningPlan:
         """The zeroed filters, lowest first and never a group's last; with a MACs target, no more than it needs."""
-        budget = float("inf") if round_.target_macs is None else round_.total_macs - round_.target_macs
+        goal = 0.0 if round_.target_macs is None else round_.target_macs
         full = {g.id: scores.get(g.id, np.ones(g.size)) for g in analysis.prunable_groups}
-        allowed = plan_for_macs(analysis, full, budget, round_.costs)  # valid, so any subset of it is too
+        # the round's MACs model: ``analysis`` is the round's, re-pointed at the regularised copy
+        allowed = allocate(analysis, full, goal, round_.macs_model, "global", round_.costs, min_keep=0.0)
         return PruningPlan.build(analysis, {g: [i for i in idx if g in zeroed and zeroed[g][i]]
                                             for g, idx in allowed.removals.items()})
 

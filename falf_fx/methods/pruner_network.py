@@ -45,7 +45,7 @@ from falf_fx.passes.plan import PruningPlan
 from falf_fx.passes.pruner_network import HEADS_NAME, BuildPrunerNetwork
 
 from ..errors import FalfError, FalfValueError
-from ..planning import _repair_emptied_axes
+from ..planning import _repair_emptied_axes, meet_macs_goal
 from ..training import TrainConfig
 from .base import MethodBase, Proposal, Round, shared_scores
 
@@ -217,18 +217,11 @@ class PrunerNetwork(MethodBase):
             return round_.total_macs
         return round_.macs_model.predict(self._plan(round_, removals, mean_gates).removed_channels())
 
-    def _to_goal(self, round_: Round, trial: _Trial) -> dict[int, list[int]]:
-        """The shortest prefix of the removal order that brings the MACs to this round's goal (bisection)."""
+    @staticmethod
+    def _to_goal(round_: Round, trial: _Trial) -> dict[int, list[int]]:
+        """The shortest prefix of the trial's removal order that brings the MACs to this round's goal."""
         goal = round_.total_macs - round_.macs_to_remove
-        order = trial.order
-        low, high = 0, len(order)  # macs_left(prefix(high)) is the least reachable
-        while low < high:
-            middle = (low + high) // 2
-            if self._macs_left(round_, as_removals(order[:middle]), trial.mean_gates) <= goal:
-                high = middle
-            else:
-                low = middle + 1
-        return as_removals(order[:low])
+        return meet_macs_goal(round_.analysis, trial.order, goal, round_.macs_model, trial.mean_gates).removals
 
     # -- training -------------------------------------------------------------------------------------
 
