@@ -86,19 +86,20 @@ def run_config(task: dict) -> dict:
     train_loader, val_loader = _loaders(task["model"], task["seed"])
     model = _build(task["model"])
     model.load_state_dict(torch.load(task["weights"], weights_only=True))
-    options = dict(task["options"])
+    from falf_fx.methods import make_method
     t0 = time.perf_counter()
     try:
-        result = falf_fx.compress(model, train_loader, method=task["method"], val_loader=val_loader,
+        result = falf_fx.compress(model, train_loader, method=make_method(task["method"], **task["options"]),
+                                  val_loader=val_loader,
                                   target_macs=task["target_macs"], rounds=task["rounds"],
                                   finetune_epochs=task["finetune_epochs"] * task["rounds"],  # per round -> whole run
                                   finetune_lr=task["finetune_lr"],
-                                  seed=task["seed"], progress=False, measure_latency=False, **options)
+                                  seed=task["seed"], progress=False, measure_latency=False)
     except Exception as error:  # a failure is a recorded result, not an aborted ablation
         return {**_public(task), "error": f"{type(error).__name__}: {error}",
                 "seconds": round(time.perf_counter() - t0, 1)}
     rounds_run = len(result.history)
-    aux = options.get("aux_epochs", SETTINGS["falf_defaults"]["aux_epochs"]) if task["method"] == "falf" else 0
+    aux = task["options"].get("aux_epochs", SETTINGS["falf_defaults"]["aux_epochs"]) if task["method"] == "falf" else 0
     return {**_public(task), "accuracy": result.report["after"]["accuracy"],
             "accuracy_before": result.report["before"]["accuracy"], "macs_ratio": result.report["macs_ratio"],
             "macs_after": result.report["after"]["macs"], "params_after": result.report["after"]["params"],

@@ -75,6 +75,7 @@ def _tasks(models, seeds, weights) -> list[dict]:
 def run(task: dict) -> dict:
     """One compress() run; a failure is a recorded result, not an aborted benchmark."""
     import falf_fx
+    from falf_fx.methods import make_method
     torch.set_num_threads(1)
     train_loader, val_loader = _loaders(task["model"], task["seed"], IMAGE_SIZE[task["model"]])
     model = _build(task["model"])
@@ -82,10 +83,11 @@ def run(task: dict) -> dict:
     public = {k: v for k, v in task.items() if k != "weights"}
     t0 = time.perf_counter()
     try:
-        result = falf_fx.compress(model, train_loader, method=task["method"], val_loader=val_loader,
+        result = falf_fx.compress(model, train_loader, method=make_method(task["method"], **task["options"]),
+                                  val_loader=val_loader,
                                   target_macs=task["target_macs"], tolerance=task["tolerance"],
                                   rounds=task["rounds"], finetune_epochs=task["finetune_epochs"] * task["rounds"],
-                                  seed=task["seed"], progress=False, measure_latency=False, **task["options"])
+                                  seed=task["seed"], progress=False, measure_latency=False)
     except Exception as error:
         return {**public, "error": f"{type(error).__name__}: {error}", "seconds": round(time.perf_counter() - t0, 1)}
     return {**public, "accuracy": result.report["after"]["accuracy"],

@@ -28,7 +28,7 @@ from .compress import compress
 from .data import load_data
 from .errors import FalfError, FalfValueError
 from .importance import IMPORTANCE_KINDS
-from .methods import METHODS
+from .methods import METHODS, make_method
 from .planning import ALLOCATIONS
 from .model_spec import load_model
 from .training import TrainConfig, train
@@ -292,6 +292,7 @@ def _cmd_compress(s: _Session) -> None:
     a = s.args
     _check_compress_args(a)
     options = _method_options(a.method_option)
+    method = make_method(a.method, **options)  # bad options are refused before anything loads or trains
     with s.status(f"loading {a.model}"):
         model = load_model(a.model)
     with s.status(f"loading --data {a.data}"):
@@ -303,12 +304,12 @@ def _cmd_compress(s: _Session) -> None:
     pretrain = train(model, train_loader, _cross_entropy,
                      TrainConfig(epochs=a.pretrain_epochs, lr=a.pretrain_lr, seed=a.seed), phase="pretrain",
                      checkpoints=store, resume=a.resume, progress=s.text) if a.pretrain_epochs else []
-    result = compress(model, train_loader, method=a.method, example_inputs=example, val_loader=val_loader,
+    result = compress(model, train_loader, method=method, example_inputs=example,
+                      val_loader=val_loader,
                       target_macs=a.target_macs, tolerance=a.tolerance, rounds=a.rounds,
                       finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
                       allocation=a.allocation, distill=a.distill,
-                      checkpoint_dir=a.checkpoint_dir, resume=a.resume, seed=a.seed, progress=s.text,
-                      **options)
+                      checkpoint_dir=a.checkpoint_dir, resume=a.resume, seed=a.seed, progress=s.text)
     _save(result.model, a.out)
     full = {"model": a.model, "data": a.data, "input_shape": list(example.shape),
             "settings": {"method": a.method, "method_options": options, "target_macs": a.target_macs,

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from .checkpoint import CheckpointError, CheckpointStore, fingerprint
 from .errors import FalfError, FalfTypeError, FalfValueError
 from .distill import Distillation, distillation_loss
 from .flops import count_cost, latency_ms, layer_widths, macs_by_module
-from .methods import make_method
+from .methods import PruningMethod, method_options, resolve_method
 from .methods.base import Round
 from .serialize import from_plain, to_plain
 from .planning import ALLOCATIONS, MacsModel, allocate, channel_mac_costs
@@ -141,15 +141,18 @@ def _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocati
         raise FalfValueError(f"min_keep is the share of every group that stays, in [0, 1), not {min_keep}")
 
 
-def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude", example_inputs: Any = None,
+def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, PruningMethod] = "magnitude",
+             example_inputs: Any = None,
              val_loader: Optional[DataLoader] = None, loss_fn: Optional[Callable] = None,
              target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: Optional[int] = None,
              step: float = 0.3, finetune_epochs: int = 8, finetune_lr: float = 0.02, warmup: float = 0.05,
              allocation: str = "uniform", min_keep: float = 0.05, distill: float = 0.5,
              distill_temperature: float = 4.0, checkpoint_dir: Optional[str] = None, resume: bool = False,
-             seed: int = 0, progress: bool = True, measure_latency: bool = True, **method_options) -> CompressResult:
+             seed: int = 0, progress: bool = True, measure_latency: bool = True) -> CompressResult:
     """Compress a trained classifier: rounds of score -> slim -> fine-tune.
 
+    ``method`` is a name (``"falf"``, with its defaults) or a method object with its
+    options (``falf_fx.methods.FALF(aux_epochs=2)``, or your own ``PruningMethod``).
     Stops at ``target_macs`` (fraction of the original MACs) or before the accuracy
     on ``val_loader`` drops by more than ``tolerance`` (e.g. 0.01 = one point).
     ``rounds`` is the most rounds to run (default: the method's own, 1 for magnitude);
@@ -165,7 +168,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude",
     """
     _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocation, min_keep)
     distillation = Distillation(distill, distill_temperature)
-    pruner = make_method(method, **method_options)
+    pruner = copy.deepcopy(resolve_method(method))  # a method object is the caller's: a run never changes it
     rounds = rounds or pruner.default_rounds
     batch = _first_batch(loader)
     example = example_inputs if example_inputs is not None else batch[0][:1]
@@ -244,7 +247,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: str = "magnitude",
                         "accuracy": evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None,
                         "latency_ms": latency_ms(gm, example) if measure_latency else None,
                         "widths": layer_widths(gm)},
-              "method": pruner.name, "method_options": dict(method_options), "macs_ratio": after.macs / before.macs,
+              "method": pruner.name, "method_options": method_options(pruner), "macs_ratio": after.macs / before.macs,
               "target": _target_report(target_macs, after.macs / before.macs),
               "budget": _budget_report(budget, history, distillation, allocation, min_keep)}
     result = CompressResult(gm, report, history)

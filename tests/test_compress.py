@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import falf_fx
 from falf_fx.checkpoint import CheckpointError
 from falf_fx.data import digits_loaders
-from falf_fx.errors import FalfError
+from falf_fx.errors import FalfError, FalfTypeError
+from falf_fx.methods import FALF, PlayAndPrune, ScoreMethod, Stability, Taylor
 from falf_fx.training import TrainingError
 from tests.conftest import pretrained_state, with_state
 
@@ -36,15 +37,15 @@ def _model(state) -> nn.Sequential:
     return with_state(tiny_net, state)
 
 
-FAST = dict(aux_epochs=1, finetune_epochs=1, taylor_batches=2, progress=False)
-FALF_FAST = dict(method="falf", **FAST)
+FAST_OPTIONS = dict(aux_epochs=1, taylor_batches=2)
+FALF_FAST = dict(method=FALF(**FAST_OPTIONS), finetune_epochs=1, progress=False)
 
 
-@pytest.mark.parametrize("method", ["falf", "stability", "magnitude"])
+@pytest.mark.parametrize("method", [FALF(**FAST_OPTIONS), Stability(**FAST_OPTIONS), "magnitude"])
 def test_methods_reach_the_macs_target(method, data, trained):
-    options = dict(FAST) if method != "magnitude" else dict(finetune_epochs=1, progress=False)
     result = falf_fx.compress(_model(trained), data[0], method=method, val_loader=data[1], target_macs=0.5,
-                              rounds=1, **options)
+                              rounds=1, finetune_epochs=1, progress=False)
+    method = method if isinstance(method, str) else method.name
     assert result.report["macs_ratio"] <= 0.56
     assert result.report["after"]["macs"] < result.report["before"]["macs"]
     assert result.history[0]["method"] == method and result.history[0]["kept"]
@@ -160,8 +161,7 @@ def test_a_missed_target_is_said(data, trained):
 
 def test_the_budget_is_shared_by_the_rounds_under_one_schedule(data, trained):
     result = falf_fx.compress(_model(trained), data[0], val_loader=data[1], target_macs=0.4, rounds=3,
-                              finetune_epochs=4, progress=False, measure_latency=False, **{"method": "falf",
-                                                                                            "aux_epochs": 1})
+                              finetune_epochs=4, progress=False, measure_latency=False, method=FALF(aux_epochs=1))
     assert [h["finetune_epochs"] for h in result.history] == [1, 1, 2]
     budget = result.report["budget"]
     assert budget["finetune_epochs"] == 4 and budget["auxiliary_epochs"] == {"fatuous": 3}
@@ -170,7 +170,52 @@ def test_the_budget_is_shared_by_the_rounds_under_one_schedule(data, trained):
 
 @pytest.mark.parametrize("allocation", ["uniform", "global", "cost"])
 def test_every_allocation_reaches_the_target(allocation, data, trained):
-    result = falf_fx.compress(_model(trained), data[0], method="taylor", target_macs=0.3, allocation=allocation,
-                              finetune_epochs=1, distill=0.0, progress=False, measure_latency=False, batches=2)
+    result = falf_fx.compress(_model(trained), data[0], method=Taylor(batches=2), target_macs=0.3,
+                              allocation=allocation,
+                              finetune_epochs=1, distill=0.0, progress=False, measure_latency=False)
     assert 0.25 <= result.report["macs_ratio"] <= 0.30  # 12 and 16 channels: one channel is ~4% of the MACs
     assert result.report["budget"]["allocation"] == allocation
+
+
+class _Smallest(ScoreMethod):
+    """A user's own criterion: L2 magnitude, or its negation (keep the smallest) with flip=True."""
+
+    name = "smallest"
+
+    def __init__(self, flip: bool = False) -> None:
+        self.flip = flip
+
+    def scores(self, round_):
+        from falf_fx.importance import group_importance
+
+        scores = group_importance(round_.analysis, "l2")
+        return {g: (-s if self.flip else s) for g, s in scores.items()}
+
+
+def test_a_method_object_written_by_the_user_runs_like_ours(data, trained):
+    method = _Smallest(flip=True)
+    result = falf_fx.compress(_model(trained), data[0], method=method, target_macs=0.5, finetune_epochs=1,
+                              progress=False, measure_latency=False)
+    assert result.history[0]["method"] == "smallest" and result.report["method"] == "smallest"
+    assert result.report["target"]["met"]
+    plain = falf_fx.compress(_model(trained), data[0], method=_Smallest(), target_macs=0.5, finetune_epochs=0,
+                             progress=False, measure_latency=False)
+    flipped = falf_fx.compress(_model(trained), data[0], method=method, target_macs=0.5, finetune_epochs=0,
+                               progress=False, measure_latency=False)
+    first = [k for k in plain.model.state_dict() if k.endswith("weight")][0]
+    assert not torch.equal(plain.model.state_dict()[first], flipped.model.state_dict()[first])  # its scores decide
+
+
+def test_method_objects_are_checked_and_never_changed(data, trained):
+    with pytest.raises(FalfTypeError, match=r"not the class FALF: write method=FALF\(\)"):
+        falf_fx.compress(_model(trained), data[0], method=FALF, target_macs=0.5)
+    with pytest.raises(FalfTypeError, match="lacks name, default_rounds, propose"):
+        falf_fx.compress(_model(trained), data[0], method=object(), target_macs=0.5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'aux_epochs'"):
+        falf_fx.compress(_model(trained), data[0], method="falf", target_macs=0.5, aux_epochs=1)
+    method = PlayAndPrune(threshold=1.0)
+    before = method.state()
+    result = falf_fx.compress(_model(trained), data[0], method=method, val_loader=data[1], tolerance=0.05, rounds=2,
+                              finetune_epochs=1, progress=False, measure_latency=False)
+    assert method.state() == before  # compress ran a copy
+    assert result.report["method_options"] == {"threshold": 1.0}

@@ -201,8 +201,8 @@ def test_compress_cuts_macs_and_the_raising_phase_raises_the_pairs_correlation(d
     assert record["channels_removed"] == record["pairs"] > 0
     assert record["rho_after"] > record["rho_before"] + 0.2
     assert result.model(next(iter(data[1]))[0]).shape[1] == 10
-    without = falf_fx.compress(_model(trained), data[0], method="correlation", val_loader=data[1], target_macs=0.5,
-                               rounds=1, progress=False, raise_epochs=0)
+    without = falf_fx.compress(_model(trained), data[0], method=Correlation(raise_epochs=0), val_loader=data[1],
+                               target_macs=0.5, rounds=1, progress=False)
     assert without.history[0]["rho_after"] == without.history[0]["rho_before"]
     assert without.history[0]["pairs"] == record["pairs"]  # the same pairs, only the raising differs
 

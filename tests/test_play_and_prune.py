@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import falf_fx
+from falf_fx.methods import PlayAndPrune
 from falf_fx.data import digits_loaders
 from falf_fx.methods import make_method
 from falf_fx.methods.play_and_prune import Setting, next_setting
@@ -158,8 +159,8 @@ def _model(state) -> nn.Sequential:
 
 
 def test_play_and_prune_cuts_macs_inside_the_tolerance(data, trained):
-    result = falf_fx.compress(_model(trained), data[2], method="play_and_prune", val_loader=data[1],
-                              tolerance=0.03, rounds=2, threshold=1.0, lam=1.0, progress=False)
+    result = falf_fx.compress(_model(trained), data[2], method=PlayAndPrune(threshold=1.0, lam=1.0),
+                              val_loader=data[1], tolerance=0.03, rounds=2, progress=False)
     base = result.report["before"]["accuracy"]
     assert result.report["macs_ratio"] < 1.0
     assert base - result.report["after"]["accuracy"] <= 0.03
@@ -170,8 +171,8 @@ def test_play_and_prune_cuts_macs_inside_the_tolerance(data, trained):
 
 
 def test_play_and_prune_stops_at_a_macs_target(data, trained):
-    result = falf_fx.compress(_model(trained), data[2], method="play_and_prune", val_loader=data[1],
-                              target_macs=0.9, rounds=3, threshold=1.0, lam=1.0, progress=False)
+    result = falf_fx.compress(_model(trained), data[2], method=PlayAndPrune(threshold=1.0, lam=1.0),
+                              val_loader=data[1], target_macs=0.9, rounds=3, progress=False)
     last = result.history[-1]
     assert len(result.history) == 2 and last["kept"]  # round two reached the target: no third round
     assert last["channels_removed"] < last["zeroed"]  # zeroed filters beyond the target stay
@@ -179,8 +180,8 @@ def test_play_and_prune_stops_at_a_macs_target(data, trained):
 
 
 def test_a_killed_play_and_prune_resumes_to_the_same_result(data, trained, tmp_path):
-    options = dict(method="play_and_prune", val_loader=data[1], tolerance=0.03, rounds=2, seed=1, threshold=1.0,
-                   lam=1.0, finetune_epochs=2, progress=False)
+    options = dict(method=PlayAndPrune(threshold=1.0, lam=1.0), val_loader=data[1], tolerance=0.03, rounds=2, seed=1,
+                   finetune_epochs=2, progress=False)
     uninterrupted = falf_fx.compress(_model(trained), data[2], **options)
 
     class Killed(Exception):

@@ -187,9 +187,8 @@ def _model(state) -> nn.Sequential:
     return with_state(tiny_net, state)
 
 
-FAST = dict(method="pruner_network", epochs=2, max_batches=4, gate_batches=2, search_trials=2, pruner_lr=0.05,
-            finetune_epochs=1,
-            progress=False)
+NPN_FAST = dict(epochs=2, max_batches=4, gate_batches=2, search_trials=2, pruner_lr=0.05)
+FAST = dict(method=PrunerNetwork(**NPN_FAST), finetune_epochs=1, progress=False)
 
 
 RESUMABLE = dict(target_macs=0.5, seed=1, **FAST)
@@ -210,8 +209,8 @@ def test_npn_reaches_a_macs_target_in_one_round(data, uninterrupted):
 
 
 def test_npn_without_a_target_prunes_by_its_gates_inside_the_tolerance(data, trained):
-    result = falf_fx.compress(_model(trained), data[0], val_loader=data[1], tolerance=0.05, lam=0.05,
-                              **{**FAST, "max_batches": 8})
+    result = falf_fx.compress(_model(trained), data[0], val_loader=data[1], tolerance=0.05,
+                              **{**FAST, "method": PrunerNetwork(**{**NPN_FAST, "lam": 0.05, "max_batches": 8})})
     record = result.history[0]
     assert "lambda_search" not in record and record["channels_removed"] == record["threshold_removed"] > 0
     if record["kept"]:
@@ -220,7 +219,8 @@ def test_npn_without_a_target_prunes_by_its_gates_inside_the_tolerance(data, tra
 
 
 def test_without_a_val_loader_the_gates_come_from_held_out_training_data(data, trained):
-    result = falf_fx.compress(_model(trained), data[0], target_macs=0.6, **{**FAST, "search_trials": 1})
+    result = falf_fx.compress(_model(trained), data[0], target_macs=0.6,
+                              **{**FAST, "method": PrunerNetwork(**{**NPN_FAST, "search_trials": 1})})
     assert result.history[0]["gates_from"] == "train_heldout" and result.report["macs_ratio"] <= 0.6
 
 

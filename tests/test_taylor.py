@@ -7,7 +7,7 @@ from torch import nn
 
 import falf_fx
 from falf_fx.data import digits_loaders
-from falf_fx.methods import Round
+from falf_fx.methods import Round, Taylor
 from falf_fx.methods.taylor import taylor_scores
 from falf_fx.passes.analysis import analyze_graph
 
@@ -40,6 +40,6 @@ def test_a_dead_channel_scores_zero_and_a_live_one_does_not():
 
 def test_taylor_compresses_with_a_cost_allocation():
     train_loader, val_loader = digits_loaders(image_size=8, batch_size=64, seed=0)
-    result = falf_fx.compress(_net(), train_loader, method="taylor", val_loader=val_loader, target_macs=0.5,
-                              allocation="cost", finetune_epochs=1, progress=False, measure_latency=False, batches=2)
+    result = falf_fx.compress(_net(), train_loader, method=Taylor(batches=2), val_loader=val_loader, target_macs=0.5,
+                              allocation="cost", finetune_epochs=1, progress=False, measure_latency=False)
     assert result.report["target"]["met"] and result.history[0]["method"] == "taylor"

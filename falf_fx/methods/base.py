@@ -9,7 +9,7 @@ fine-tune, measure, checkpoint, stop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, ClassVar, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -87,9 +87,17 @@ class Proposal:
     record: dict[str, Any] = field(default_factory=dict)  # extra history fields (thresholds, lambdas...)
 
 
+@runtime_checkable
 class PruningMethod(Protocol):
-    name: str
-    default_rounds: int  # rounds compress runs unless told otherwise (1: the method allocates the target at once)
+    """What ``compress(method=...)`` takes: one of ours (``falf_fx.methods.FALF(aux_epochs=2)``) or your own.
+
+    ``name`` and ``default_rounds`` are class attributes (``ClassVar``); options are the
+    constructor's.  Subclass :class:`ScoreMethod` and write ``scores`` for a criterion,
+    or :class:`MethodBase` and write ``propose`` for a method that trains or folds.
+    """
+
+    name: ClassVar[str]  # in reports and history
+    default_rounds: ClassVar[int]  # rounds compress runs unless told otherwise (1: the target at once)
 
     def propose(self, round_: Round) -> Proposal:
         """Decide this round's removals."""
@@ -118,10 +126,9 @@ class MethodBase:
 
 
 class ScoreMethod(MethodBase):
-    """A method that scores channels (higher = keep); the global MACs allocation does the rest."""
+    """A method that scores channels (higher = keep); the round's MACs allocation does the rest."""
 
-    name = "score"
-    default_rounds = 1  # one-shot, then the whole fine-tuning budget: the quality benchmark's winner
+    default_rounds: ClassVar[int] = 1  # one-shot, then the whole fine-tuning budget: the quality benchmark's winner
 
     def scores(self, round_: Round) -> dict[int, np.ndarray]:
         raise NotImplementedError

@@ -30,7 +30,7 @@ import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -171,8 +171,8 @@ class Correlation(MethodBase):
     raise_epochs: int = 1
     raise_lr: float = 0.01
     penalty: str = "exp"
-    name: str = "correlation"
-    default_rounds = 4  # CFP prunes in small steps; compress spreads the MACs target over the rounds
+    name: ClassVar[str] = "correlation"
+    default_rounds: ClassVar[int] = 4  # CFP prunes in small steps; compress spreads the MACs target over the rounds
 
     def __post_init__(self) -> None:
         if self.penalty not in PENALTIES:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -97,7 +97,7 @@ class FALF(ScoreMethod):
     points: Optional[list[str]] = None
     taylor_batches: int = 8
     probe: bool = False
-    name: str = "falf"
+    name: ClassVar[str] = "falf"
 
     def __post_init__(self) -> None:
         if self.score not in FALF_SCORES:
@@ -164,7 +164,10 @@ class FALF(ScoreMethod):
                 _per_channel(round_, saliency["fatuous"], reduce_sq=False))
 
 
-def Stability(**options) -> FALF:  # noqa: N802 - a method name, as users write it
+@dataclass
+class Stability(FALF):
     """The WACV 2019 conference version: weight drift (how unstable a filter is) under
     fixed random labels, the paper's perturbing task."""
-    return FALF(**{"score": "drift", "target": "random", **options, "name": "stability"})
+
+    target: str = "random"
+    name: ClassVar[str] = "stability"

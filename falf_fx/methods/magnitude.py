@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -14,7 +15,7 @@ __all__ = ["Magnitude"]
 @dataclass
 class Magnitude(ScoreMethod):
     importance: str = "l1"
-    name: str = "magnitude"
+    name: ClassVar[str] = "magnitude"
 
     def scores(self, round_: Round) -> dict[int, np.ndarray]:
         return group_importance(round_.analysis, self.importance, seed=round_.seed)

@@ -32,8 +32,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -158,8 +158,8 @@ class PrunerNetwork(MethodBase):
     heldout_fraction: float = 0.1
     gate_batches: Optional[int] = 20
     features: Optional[str] = None
-    name: str = "pruner_network"
-    default_rounds: int = field(default=1, init=False)
+    name: ClassVar[str] = "pruner_network"
+    default_rounds: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         if self.lam <= 0 or self.epochs < 1 or self.search_trials < 1 or self.search_factor <= 1:

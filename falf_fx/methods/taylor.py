@@ -10,6 +10,7 @@ across layers (``allocation="global"`` or ``"cost"``) as well as within one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class Taylor(ScoreMethod):
     """Options: ``batches`` (training batches averaged, default 16)."""
 
     batches: int = 16
-    name: str = "taylor"
+    name: ClassVar[str] = "taylor"
 
     def scores(self, round_: Round) -> dict[int, np.ndarray]:
         return taylor_scores(round_, self.batches)
