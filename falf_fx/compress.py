@@ -15,14 +15,14 @@ import torch
 from torch import fx, nn
 from torch.utils.data import DataLoader
 
-from falf_fx.passes.analysis import analyze_graph
+from falf_fx.passes.analysis import Analysis, analyze_graph
 from falf_fx.passes.rewrite import slim_graph_module
 
 from .capture import trace
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint
 from .errors import FalfError, FalfTypeError, FalfValueError
 from .distill import Distillation, distillation_loss
-from .flops import count_cost, latency_ms, layer_widths, macs_by_module
+from .flops import cost_and_macs_by_module, latency_ms, layer_widths
 from .methods import PruningMethod, method_options, resolve_method
 from .methods.base import Round
 from .serialize import from_plain, to_plain
@@ -74,7 +74,7 @@ def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> int:
     return classes
 
 
-def _check_target(gm: fx.GraphModule, example: Any, target_macs: float) -> None:
+def _check_target(analysis: Analysis, macs: MacsModel, target_macs: float) -> None:
     """Say why before any training if the target cannot be reached.
 
     The floor is one channel left in every prunable group, its MACs predicted from the
@@ -82,11 +82,8 @@ def _check_target(gm: fx.GraphModule, example: Any, target_macs: float) -> None:
     """
     if not 0.0 < target_macs < 1.0:
         raise FalfValueError(f"target_macs is a fraction of the original MACs in (0, 1), got {target_macs}")
-    analysis = analyze_graph(gm)
-    total = count_cost(gm, example).macs
-    macs = MacsModel(analysis, macs_by_module(gm, example), total)
     flat = {g.id: np.zeros(g.size) for g in analysis.prunable_groups}
-    floor = macs.predict(allocate(analysis, flat, 0.0, macs, "uniform", min_keep=0.0).removed_channels()) / total
+    floor = macs.predict(allocate(analysis, flat, 0.0, macs, "uniform", min_keep=0.0).removed_channels()) / macs.total
     if target_macs < floor:
         frozen = sorted({r for g in analysis.groups for r in g.reasons})[:3]
         raise FalfValueError(f"target_macs={target_macs} cannot be reached: with one channel left in every prunable "
@@ -180,9 +177,11 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
 
     gm = trace(copy.deepcopy(model), example)  # the caller's model is left as it was
     origin = fingerprint(gm)
+    # fvcore runs once here and once per round (on the candidate, for its record); the rest is predicted
+    before, per_module = cost_and_macs_by_module(gm, example)
+    analysis = analyze_graph(gm)
     if target_macs is not None:
-        _check_target(gm, example, target_macs)
-    before = count_cost(gm, example)
+        _check_target(analysis, MacsModel(analysis, per_module, before.macs), target_macs)
     base_acc = evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None
     report_before = {"macs": before.macs, "flops": before.flops, "params": before.params, "accuracy": base_acc,
                      "latency_ms": latency_ms(gm, example) if measure_latency else None, "widths": layer_widths(gm)}
@@ -202,19 +201,20 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
         pruner.load_state(json.loads(state["method"]))
         if state["stopped"]:
             start_round = rounds
+        (current, per_module), analysis = cost_and_macs_by_module(gm, example), analyze_graph(gm)
+    else:
+        current = before
+    kept_acc = next((r["accuracy"] for r in reversed(history) if r["kept"] and "accuracy" in r), base_acc)
 
     for index in range(start_round, rounds):
-        current = count_cost(gm, example).macs
-        if target_macs is not None and current <= target_macs * before.macs * 1.001:
+        if target_macs is not None and current.macs <= target_macs * before.macs * 1.001:
             break
-        goal_macs = _round_goal(before.macs, current, index, rounds, target_macs, step)
-        analysis = analyze_graph(gm)
-        per_module = macs_by_module(gm, example)
-        round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, macs_to_remove=current - goal_macs,
-                       costs=channel_mac_costs(analysis, per_module), total_macs=current,
+        goal_macs = _round_goal(before.macs, current.macs, index, rounds, target_macs, step)
+        round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, macs_to_remove=current.macs - goal_macs,
+                       costs=channel_mac_costs(analysis, per_module), total_macs=current.macs,
                        target_macs=None if target_macs is None else target_macs * before.macs,
                        val_loader=val_loader, checkpoints=store, resume=resume, progress=progress,
-                       macs_model=MacsModel(analysis, per_module, current), allocation=allocation,
+                       macs_model=MacsModel(analysis, per_module, current.macs), allocation=allocation,
                        min_keep=min_keep)
         proposal = pruner.propose(round_)
         candidate = slim_graph_module(proposal.model, proposal.plan)
@@ -222,8 +222,9 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
         if config.epochs:
             train(candidate, loader, finetune_loss, config, phase=round_.phase("finetune"), checkpoints=store,
                   resume=resume, progress=progress)
+        candidate_cost, candidate_per_module = cost_and_macs_by_module(candidate, example)
         record = {"round": index + 1, "method": pruner.name, "channels_removed": proposal.plan.num_removed,
-                  "macs": count_cost(candidate, example).macs, "finetune_epochs": config.epochs,
+                  "macs": candidate_cost.macs, "finetune_epochs": config.epochs,
                   "auxiliary_epochs": dict(round_.auxiliary_epochs), **proposal.record}
         record["macs_ratio"] = record["macs"] / before.macs
         if val_loader is not None:
@@ -232,7 +233,8 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
         record["kept"] = tolerance is None or base_acc - record["accuracy"] <= tolerance
         history.append(record)
         if record["kept"]:
-            gm = candidate
+            gm, current, per_module, kept_acc = candidate, candidate_cost, candidate_per_module, record.get("accuracy")
+            analysis = analyze_graph(gm)
         go_on = pruner.observe(record)
         if store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
             # the safe format (state dict + graph description), plain JSON for the rest, written atomically
@@ -241,10 +243,9 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
                                         "stopped": not go_on})
         if not go_on:
             break
-    after = count_cost(gm, example)
+    after = current
     report = {"model_type": type(model).__name__, "before": report_before,
-              "after": {"macs": after.macs, "flops": after.flops, "params": after.params,
-                        "accuracy": evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None,
+              "after": {"macs": after.macs, "flops": after.flops, "params": after.params, "accuracy": kept_acc,
                         "latency_ms": latency_ms(gm, example) if measure_latency else None,
                         "widths": layer_widths(gm)},
               "method": pruner.name, "method_options": method_options(pruner), "macs_ratio": after.macs / before.macs,

@@ -17,7 +17,7 @@ from falf_fx.passes.analysis import Analysis
 
 from .capture import as_input_tuple
 
-__all__ = ["Cost", "count_cost", "latency_ms", "layer_widths", "macs_by_module", "prunable_macs_share"]
+__all__ = ["Cost", "cost_and_macs_by_module", "count_cost", "latency_ms", "layer_widths", "macs_by_module", "prunable_macs_share"]
 
 
 @dataclass(frozen=True)
@@ -40,37 +40,39 @@ def _analysis(model: nn.Module, inputs: tuple) -> FlopCountAnalysis:
     return counter
 
 
-def count_cost(model: nn.Module, example_inputs: Any) -> Cost:
+def cost_and_macs_by_module(model: nn.Module, example_inputs: Any) -> tuple[Cost, dict[str, int]]:
+    """The model's cost and the MACs of every leaf module (functional ops count for their parent).
+
+    One fvcore trace gives both; compress needs the two after every round.
+    """
     inputs = as_input_tuple(example_inputs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            macs = int(_analysis(model, inputs).total())
+            counter = _analysis(model, inputs)
+            macs, counts = int(counter.total()), counter.by_module()
     finally:
         model.train(was_training)
-    return Cost(macs, sum(p.numel() for p in model.parameters()))
+    leaves = {name for name, m in model.named_modules() if not list(m.children())}
+    return (Cost(macs, sum(p.numel() for p in model.parameters())),
+            {name: int(v) for name, v in counts.items() if name in leaves})
+
+
+def count_cost(model: nn.Module, example_inputs: Any) -> Cost:
+    return cost_and_macs_by_module(model, example_inputs)[0]
 
 
 def macs_by_module(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     """MACs of every leaf module by qualified name (functional ops count for their parent)."""
-    inputs = as_input_tuple(example_inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            counts = _analysis(model, inputs).by_module()
-    finally:
-        model.train(was_training)
-    leaves = {name for name, m in model.named_modules() if not list(m.children())}
-    return {name: int(v) for name, v in counts.items() if name in leaves}
+    return cost_and_macs_by_module(model, example_inputs)[1]
 
 
 def prunable_macs_share(analysis: Analysis, example_inputs: Any) -> float:
     """Share of the model's MACs spent in layers that a prunable group can slim."""
     gm = analysis.graph_module
-    per_module = macs_by_module(gm, example_inputs)
-    total = count_cost(gm, example_inputs).macs
+    cost, per_module = cost_and_macs_by_module(gm, example_inputs)
+    total = cost.macs
     touched = set()
     for group in analysis.prunable_groups:
         for member in group.param_members:

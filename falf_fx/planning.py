@@ -183,18 +183,22 @@ def meet_macs_goal(analysis: Analysis, order: Sequence[tuple[int, int]], goal_ma
     group gives back when a removal would empty a tensor axis.  The whole order if the
     goal is out of reach.
     """
-    def plan_of(count: int) -> PruningPlan:
-        removals: dict[int, list[int]] = {}
-        for gid, index in order[:count]:
-            removals.setdefault(gid, []).append(int(index))
-        _repair_emptied_axes(analysis, removals, scores)
-        return PruningPlan.build(analysis, removals)
+    ids = np.array([analysis.groups[g].channel_ids[i] for g, i in order], dtype=np.int64)
+
+    def left(count: int) -> float:
+        removed = np.zeros(analysis.group_of_channel.size, dtype=bool)
+        removed[ids[:count]] = True
+        return macs.predict(removed)
 
     low, high = 0, len(order)
     while low < high:
         middle = (low + high) // 2
-        if macs.predict(plan_of(middle).removed_channels()) <= goal_macs:
+        if left(middle) <= goal_macs:
             high = middle
         else:
             low = middle + 1
-    return plan_of(low)
+    removals: dict[int, list[int]] = {}
+    for gid, index in order[:low]:
+        removals.setdefault(gid, []).append(int(index))
+    _repair_emptied_axes(analysis, removals, scores)  # rare: a channel given back where an axis would empty
+    return PruningPlan.build(analysis, removals)
