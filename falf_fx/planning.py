@@ -97,10 +97,9 @@ def channel_mac_costs(analysis: Analysis, macs_by_module: Mapping[str, int]) -> 
         cost = np.zeros(group.size)
         for member in group.param_members:
             owner = member.name.rpartition(".")[0]
-            tensor = tensor_named(root, member.name)
-            if tensor.dim() < 2 or owner not in macs_by_module:
+            if member.role == "vector" or owner not in macs_by_module:
                 continue
-            np.add.at(cost, member.channels, macs_by_module[owner] / tensor.shape[member.dim])
+            np.add.at(cost, member.channels, macs_by_module[owner] / tensor_named(root, member.name).shape[member.dim])
         costs[group.id] = cost
     return costs
 

@@ -9,12 +9,12 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from falf_fx.passes.analysis import Analysis, analyze_graph
+from falf_fx.passes.masked import MaskedReference
 from falf_fx.passes.modes import eval_mode
 from falf_fx.passes.plan import PruningPlan
 from falf_fx.passes.rewrite import slim_graph_module
@@ -24,48 +24,6 @@ from .errors import EquivalenceError, FalfTypeError
 from .planning import random_plan
 
 __all__ = ["EquivalenceResult", "Float64Interpreter", "MaskedReference", "check_equivalence"]
-
-
-class MaskedReference(fx.Interpreter):
-    """Runs the original graph, zeroing the removed channels after every node that carries them."""
-
-    def __init__(self, plan: PruningPlan, module: Optional[fx.GraphModule] = None) -> None:
-        super().__init__(module if module is not None else plan.analysis.graph_module)
-        removed = plan.removed_channels()
-        channel_of = plan.analysis.channel_of_atom
-        self.masks: dict[str, Any] = {}
-
-        def removed_positions(layout: Any) -> Optional[dict[int, torch.Tensor]]:
-            if not isinstance(layout, dict):
-                return None
-            found = {d: torch.as_tensor(np.flatnonzero(removed[channel_of[a]])) for d, a in layout.items()}
-            return {d: idx for d, idx in found.items() if idx.numel()} or None
-
-        for node in self.graph.nodes:
-            if node.op in ("placeholder", "get_attr", "output"):
-                continue
-            layout = plan.analysis.layouts.get(node.name)
-            if isinstance(layout, tuple):
-                parts = [removed_positions(p) for p in layout]
-                if any(parts):
-                    self.masks[node.name] = parts
-            elif removed_positions(layout):
-                self.masks[node.name] = removed_positions(layout)
-
-    @staticmethod
-    def _zero(value: torch.Tensor, positions: dict[int, torch.Tensor]) -> torch.Tensor:
-        for dim, idx in positions.items():
-            value = value.index_fill(dim, idx.to(value.device), 0)
-        return value
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        mask = self.masks.get(n.name)
-        if mask is None:
-            return out
-        if isinstance(mask, list):
-            return type(out)(self._zero(v, m) if m else v for v, m in zip(out, mask))
-        return self._zero(out, mask)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ Pure: reads ``node.meta["val"]`` (shapes from capture) and never changes the mod
 """
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
@@ -41,6 +43,13 @@ class GroupMember(NamedTuple):
     dim: int
     positions: np.ndarray
     channels: np.ndarray
+    role: str = "activation"  # MEMBER_ROLES: what the axis is to the layer that owns it
+
+
+# "output": the channels a weight makes (a conv's dim 0, a transposed conv's dim 1); "input": the channels a
+# weight reads; "vector": a 1-D parameter or buffer (bias, norm affine, running statistics); "activation": a
+# node's output; "other": any further axis of a weight that a group spans (an attention matrix's).
+MEMBER_ROLES = ("output", "input", "vector", "activation", "other")
 
 
 @dataclass(frozen=True)
@@ -89,8 +98,10 @@ class MemberIndex:
     """
 
     def __init__(self, axes_of: Callable[[], list[Axis]], channel_of: np.ndarray, group_of: np.ndarray,
-                 index_in_group: np.ndarray, *, lazy: bool = False) -> None:
+                 index_in_group: np.ndarray, *, lazy: bool = False,
+                 roles: Optional[dict[tuple[str, int], str]] = None) -> None:
         self._axes_of = axes_of
+        self._roles = roles or {}
         self._maps = (channel_of, group_of, index_in_group)
         self._axes: Optional[list[Axis]] = None
         self._made: dict[int, tuple[GroupMember, ...]] = {}
@@ -147,7 +158,8 @@ class MemberIndex:
         made = []
         for lo, hi, a in zip(bounds[:-1], bounds[1:], axis[member_runs[:-1]].tolist()):
             kind, name, dim, _ = self._axes[a]
-            made.append(GroupMember(kind, name, dim, positions[lo:hi], channels[lo:hi]))
+            made.append(GroupMember(kind, name, dim, positions[lo:hi], channels[lo:hi],
+                                    self._roles.get((name, dim), "activation")))
         return tuple(made)
 
 
@@ -162,6 +174,7 @@ class Analysis:
     group_of_channel: np.ndarray
     index_in_group: np.ndarray
     auto_leaves: dict[str, str] = field(default_factory=dict)
+    fingerprint: str = ""  # graph_fingerprint of the module analysed: a plan applies to that graph only
 
     @property
     def prunable_groups(self) -> tuple[ChannelGroup, ...]:
@@ -169,6 +182,28 @@ class Analysis:
 
     def channels_of(self, atoms: np.ndarray) -> np.ndarray:
         return self.channel_of_atom[atoms]
+
+    def for_module(self, gm: fx.GraphModule) -> "Analysis":
+        """This analysis, pointed at another module with the very same graph (a trained or folded copy)."""
+        found = graph_fingerprint(gm)
+        if found != self.fingerprint:
+            raise FalfValueError(f"this analysis was made for another graph (fingerprint {self.fingerprint[:12]}, "
+                                 f"the module's is {found[:12]}): analyse the module itself")
+        return replace(self, graph_module=gm)
+
+
+def graph_fingerprint(gm: fx.GraphModule) -> str:
+    """A digest of what a plan depends on: every node (name, op, target, inputs) and every tensor's shape.
+
+    Weights' values are left out: a trained or folded copy of the module takes the same plan.
+    """
+    digest = hashlib.sha256()
+    for node in gm.graph.nodes:
+        inputs = ",".join(n.name for n in node.all_input_nodes)
+        digest.update(f"{node.name}|{node.op}|{getattr(node.target, '__name__', node.target)}|{inputs};".encode())
+    for name, tensor in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
+    return digest.hexdigest()
 
 
 class AnalysisPass(PassBase):
@@ -296,6 +331,21 @@ def _frozen(space: ChannelSpace, channel_of: np.ndarray, group_of: np.ndarray,
     return frozen, reasons_of
 
 
+def _param_roles(gm: fx.GraphModule, axes: Iterable[ParamAxis]) -> dict[tuple[str, int], str]:
+    """What each parameter axis is to its layer, decided once here instead of by every reader."""
+    roles = {}
+    for axis in axes:
+        tensor = tensor_named(gm, axis.name)
+        if tensor.dim() < 2:
+            roles[(axis.name, axis.dim)] = "vector"
+            continue
+        owner = axis.name.rpartition(".")[0]
+        transposed = isinstance(gm.get_submodule(owner), nn.modules.conv._ConvTransposeNd)
+        output, read = (1, 0) if transposed else (0, 1)
+        roles[(axis.name, axis.dim)] = "output" if axis.dim == output else "input" if axis.dim == read else "other"
+    return roles
+
+
 def tensor_named(root: nn.Module, name: str) -> torch.Tensor:
     """The parameter or buffer of ``root`` at a qualified name (a member's ``name``)."""
     owner, _, attr = name.rpartition(".")
@@ -336,7 +386,8 @@ def analyze_graph(gm: fx.GraphModule) -> Analysis:
     frozen_channel, reasons_of = _frozen(space, channel_of, group_of, n_channels)
 
     param_axes = [("param", axis.name, axis.dim, atoms) for axis, atoms in space.param_axes.items()]
-    param_index = MemberIndex(lambda: param_axes, channel_of, group_of, index_in_group)
+    param_index = MemberIndex(lambda: param_axes, channel_of, group_of, index_in_group,
+                              roles=_param_roles(gm, space.param_axes))
     tensor_index = MemberIndex(lambda: _tensor_axes(layouts), channel_of, group_of, index_in_group, lazy=True)
 
     grouped = np.argsort(group_of, kind="stable")[int((group_of < 0).sum()):]  # by group, channels ascending
@@ -346,4 +397,4 @@ def analyze_graph(gm: fx.GraphModule) -> Analysis:
                            param_index, tensor_index)
               for gid, channels in enumerate(channels_of)]
     return Analysis(gm, tuple(groups), {n.name: layouts.get(n) for n in gm.graph.nodes}, dict(space.param_axes),
-                    aliases, channel_of, group_of, index_in_group, auto_leaves)
+                    aliases, channel_of, group_of, index_in_group, auto_leaves, graph_fingerprint(gm))

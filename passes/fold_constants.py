@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -177,5 +177,5 @@ def fold_constants(gm: fx.GraphModule, plan: PruningPlan, constants: Mapping[str
     if created:  # the new biases are channel axes the old analysis does not know
         new_plan = _replan(plan, analyze_graph(folded_gm))
     else:
-        new_plan = PruningPlan(replace(plan.analysis, graph_module=folded_gm), plan.removals)
+        new_plan = PruningPlan(plan.analysis.for_module(folded_gm), plan.removals)
     return FoldResult(folded_gm, new_plan, folded, tuple(inexact), tuple(unfolded))

@@ -29,7 +29,6 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .analysis import Analysis
 from .instrument import _shared_root
-from .errors import FalfValueError
 
 __all__ = ["ChannelGate", "GateSite", "InsertGates", "gate_sites", "gated_groups", "remove_gates",
            "GATE_PREFIX", "GATED_GROUPS_KEY"]
@@ -131,8 +130,7 @@ class InsertGates(PassBase):
         self.analysis = analysis
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        if [n.name for n in graph_module.graph.nodes] != [n.name for n in self.analysis.graph_module.graph.nodes]:
-            raise FalfValueError("this analysis was made for a different graph: analyse the module you gate")
+        self.analysis.for_module(graph_module)  # refuses a module of another graph
         sites = gate_sites(self.analysis)
         groups = gated_groups(sites)
         graph = fx.Graph()

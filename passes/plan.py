@@ -30,6 +30,11 @@ class PruningPlan:
         plan.validate()
         return plan
 
+    @property
+    def fingerprint(self) -> str:
+        """The graph this plan was built for (``graph_fingerprint``); ``slim`` refuses any other."""
+        return self.analysis.fingerprint
+
     def removed_channels(self) -> np.ndarray:
         """Boolean mask over the analysis's global channel ids."""
         removed = np.zeros(self.analysis.group_of_channel.size, dtype=bool)

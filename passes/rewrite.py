@@ -9,12 +9,11 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from .analysis import Analysis, tensor_named
-from .plan import PruningPlan
+from .analysis import Analysis, graph_fingerprint, tensor_named
+from .errors import FalfError, FalfValueError
+from .plan import PlanError, PruningPlan
 from .rule_registry import SlimView, rule_for
 from .shape_prop import fake_inputs_like, propagate_shapes
-from .errors import FalfError
-from .errors import FalfValueError
 
 __all__ = ["SlimError", "SlimPass", "slim_graph_module", "REMOVED_KEY"]
 
@@ -174,8 +173,9 @@ def slim_graph_module(gm: fx.GraphModule, plan: PruningPlan, verify: bool = True
     as are ``plan`` and its analysis.
     """
     analysis = plan.analysis
-    if [n.name for n in gm.graph.nodes] != [n.name for n in analysis.graph_module.graph.nodes]:
-        raise FalfValueError("this plan was made for a different graph: analyse the module you slim")
+    if graph_fingerprint(gm) != plan.fingerprint:
+        raise PlanError(f"this plan was made for another graph (fingerprint {plan.fingerprint[:12]}, the module's is "
+                        f"{graph_fingerprint(gm)[:12]}): analyse the module you slim and plan on that analysis")
     if inplace and gm is not analysis.graph_module:
         raise FalfValueError("inplace=True slims the very module the plan's analysis was made from")
     plan.validate()

@@ -1,6 +1,8 @@
 """Wrong models, inputs, ratios and plans fail with errors that say what is wrong and where."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -89,5 +91,19 @@ def test_plan_emptying_a_sliced_tensor_though_not_its_group():
 def test_slim_with_a_plan_made_for_another_graph():
     analysis = _analysis("conv2d")
     other = falf_fx.trace(*make("conv1d"))
-    with pytest.raises(ValueError, match="this plan was made for a different graph"):
+    with pytest.raises(PlanError, match=r"this plan was made for another graph \(fingerprint \w{12}, the module's is"):
         falf_fx.slim(other, falf_fx.random_plan(analysis, 0))
+
+
+def test_a_plan_knows_its_graph_even_when_the_node_names_match():
+    x = torch.randn(1, 3, 8, 8)
+    narrow = falf_fx.trace(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)), x)
+    wide = falf_fx.trace(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3)), x)
+    assert [n.name for n in narrow.graph.nodes] == [n.name for n in wide.graph.nodes]
+    plan = falf_fx.PruningPlan.build(falf_fx.analyze(narrow), {0: [1, 2]})
+    with pytest.raises(PlanError, match="this plan was made for another graph"):
+        falf_fx.slim(wide, plan)
+    trained = copy.deepcopy(narrow)  # the same graph with other weights takes the plan
+    with torch.no_grad():
+        trained.get_submodule("0").weight.mul_(2)
+    assert falf_fx.slim(trained, plan).get_submodule("0").out_channels == 6

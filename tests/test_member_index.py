@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
+import falf_fx
 from falf_fx.passes.analysis import MemberIndex
 
 
@@ -48,3 +51,16 @@ def test_member_index_matches_the_naive_split(problem):
             got = [(m.kind, m.name, m.dim, m.positions.tolist(), m.channels.tolist()) for m in index(g)]
             assert got == _naive(axes, channel_of, group_of, index_in_group, n_groups)[g]
             assert all(not m.positions.flags.writeable and not m.channels.flags.writeable for m in index(g))
+
+
+def test_members_say_what_they_are_to_their_layer():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ConvTranspose2d(8, 6, 2), nn.Flatten(),
+                          nn.LazyLinear(5))
+    x = torch.randn(1, 3, 8, 8)
+    model(x)
+    analysis = falf_fx.analyze(falf_fx.trace(model, x))
+    roles = {(m.name, m.dim): m.role for g in analysis.groups for m in g.members if m.kind == "param"}
+    assert roles[("0.weight", 0)] == "output" and roles[("0.bias", 0)] == "vector"
+    assert roles[("1.running_var", 0)] == "vector" and roles[("2.weight", 0)] == "input"  # transposed: (in, out)
+    assert roles[("2.weight", 1)] == "output" and roles[("4.weight", 1)] == "input"
+    assert all(m.role == "activation" for g in analysis.groups for m in g.members if m.kind == "tensor")

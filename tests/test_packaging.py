@@ -24,3 +24,10 @@ def test_nothing_imports_the_top_level_passes_folder():
     code = "import sys, falf_fx, falf_fx.cli, falf_fx.html_report; print(sorted(m for m in sys.modules if m.split('.')[0] == 'passes'))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
+
+
+def test_the_runtime_does_not_import_the_test_oracle():
+    code = ("import sys, falf_fx, falf_fx.cli, falf_fx.methods, falf_fx.html_report; "
+            "print('falf_fx.testing' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    assert out.strip() == "False"

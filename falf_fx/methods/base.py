@@ -156,6 +156,7 @@ def weight_members(analysis: Analysis, group_id: int):
     """The group's slices of weight matrices/kernels (not biases, norms or statistics)."""
     root = analysis.graph_module
     for member in analysis.groups[group_id].param_members:
-        tensor = tensor_named(root, member.name)
-        if isinstance(tensor, torch.nn.Parameter) and tensor.dim() >= 2:
-            yield member, tensor
+        if member.role in ("output", "input", "other"):
+            tensor = tensor_named(root, member.name)
+            if isinstance(tensor, torch.nn.Parameter):
+                yield member, tensor

@@ -27,7 +27,6 @@ is exp(-|rho|) in [0.37, 1] whatever the other pairs do; ``"linear"``,
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -195,7 +194,7 @@ class Correlation(MethodBase):
         rho_before = self._pair_rho(model, groups, pairs)
         if self.raise_epochs and pairs:
             self._raise(round_, model, groups, pairs)
-        trained = dataclasses.replace(analysis, graph_module=model)
+        trained = analysis.for_module(model)
         scores = group_importance(trained, "l1")  # which one of a pair goes is decided after raising
         removals = {gid: sorted(_orient(a, b, scores[gid], groups[gid].frozen)[1] for a, b in group_pairs)
                     for gid, group_pairs in pairs.items()}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,12 +32,12 @@ import torch
 
 from falf_fx.passes.analysis import Analysis
 from falf_fx.passes.fold_constants import fold_constants, measure_inputs, removed_inputs
+from falf_fx.passes.masked import MaskedReference
 from falf_fx.passes.modes import eval_mode
 from falf_fx.passes.plan import PruningPlan
 
 from ..errors import FalfValueError
 from ..planning import allocate
-from ..testing import MaskedReference
 from ..training import TrainConfig, all_reduce_mean, epoch_loader
 from .base import Proposal, Round, weight_members
 
@@ -137,7 +137,7 @@ class PlayAndPrune:
 
     def propose(self, round_: Round) -> Proposal:
         model = copy.deepcopy(round_.gm)  # a rejected round must leave the previous model as it was
-        analysis = replace(round_.analysis, graph_module=model)
+        analysis = round_.analysis.for_module(model)
         norms = _FilterNorms(analysis)
         with torch.no_grad():
             start = norms()
