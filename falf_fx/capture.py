@@ -1,6 +1,7 @@
 """Capture: torch.fx tracing with automatic leaves, then shapes on meta tensors."""
 from __future__ import annotations
 
+import copy
 import traceback
 import warnings
 from collections.abc import Iterable, Sequence
@@ -11,6 +12,7 @@ from torch import fx, nn
 from torch.fx.proxy import ParameterProxy
 
 from falf_fx.passes.analysis import AUTO_LEAVES_KEY
+from falf_fx.passes.normalize_args import calls_to_normalize, normalize_arguments
 from falf_fx.passes.shape_prop import propagate_shapes
 
 from .errors import FalfTypeError, TraceError
@@ -149,16 +151,18 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafS
 
     A submodule fx cannot trace becomes a leaf (with a warning) and its channels
     are frozen; if the top level itself cannot be traced, TraceError says where
-    and how to fix it.  The model is not modified.
+    and how to fix it.  Calls of ops with a rule are written in one spelling
+    (``falf_fx.passes.normalize_args``).  The model is not modified.
     """
     if not isinstance(model, nn.Module):
         raise FalfTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
     if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
-        gm = model
+        gm = copy.deepcopy(model) if calls_to_normalize(model) else model  # the caller's graph stays as written
         gm.meta.setdefault(AUTO_LEAVES_KEY, {})
     else:
         gm = _symbolic_trace(model, leaf_modules, concrete_args)
+    normalize_arguments(gm)  # one spelling per op: both halves of every rule read the same arguments
     gm.train(model.training)
     propagate_shapes(gm, inputs)
     return gm

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -302,8 +302,21 @@ def _is_int_node(value: Any) -> bool:
 
 
 def _literal_slice(item: Any) -> bool:
+    return _constant_slice(item) and item.step in (None, 1)
+
+
+def _constant_slice(item: Any) -> bool:
+    """A slice of constant bounds and step (``::2``; torch has no negative steps)."""
     return (isinstance(item, slice) and all(v is None or isinstance(v, int) for v in (item.start, item.stop, item.step))
-            and item.step in (None, 1))
+            and item.step != 0)
+
+
+def _one_strided_slice(paired: list[tuple[Any, Optional[int]]]) -> bool:
+    """A strided slice may become a list index in the slim model: exact when it is the index's only
+    advanced item (no integers, no second strided slice), since NumPy rules then keep the axis in place."""
+    strided = sum(1 for item, _ in paired if _constant_slice(item) and not _literal_slice(item))
+    ints = any(isinstance(item, int) or _is_int_node(item) for item, _ in paired)
+    return strided == 1 and not ints
 
 
 def _getitem(ctx: RuleContext) -> Any:
@@ -328,10 +341,11 @@ def _getitem(ctx: RuleContext) -> Any:
                 ctx.space.freeze(atoms, f"picks one position of the channel axis ({ctx.where})")
             continue
         if atoms is not None:
-            if _literal_slice(item):
+            if _literal_slice(item) or (_constant_slice(item) and _one_strided_slice(paired)):
                 out[out_dim] = _readonly(atoms[item])
             else:
-                ctx.space.freeze(atoms, f"slices the channel axis with a step or run-time bounds ({ctx.where})")
+                ctx.space.freeze(atoms, f"slices the channel axis by run-time bounds, or with a step beside an "
+                                        f"integer or another step ({ctx.where})")
         out_dim += 1
     return out
 
@@ -341,6 +355,21 @@ def _slim_slice(item: slice, kept: np.ndarray) -> slice:
     stop = max(stop, start)
     new_start = int(kept[:start].sum())
     return slice(new_start, new_start + int(kept[start:stop].sum()), None)
+
+
+def _slim_strided(item: slice, kept: np.ndarray) -> Union[slice, list[int]]:
+    """The kept positions a strided slice selects, as positions of the slim axis: a slice when they are
+    evenly spaced, else a list (the only advanced index of its getitem, see ``_one_strided_slice``)."""
+    chosen = np.arange(kept.size)[item]
+    rank = np.cumsum(kept) - 1
+    new = rank[chosen[kept[chosen]]]
+    if new.size <= 1:
+        start = int(new[0]) if new.size else 0
+        return slice(start, start + new.size)
+    steps = np.diff(new)
+    if (steps == steps[0]).all():
+        return slice(int(new[0]), int(new[-1] + steps[0]), int(steps[0]))
+    return [int(i) for i in new]
 
 
 def _rewrite_getitem(node: fx.Node, slim: SlimView) -> None:
@@ -358,6 +387,9 @@ def _rewrite_getitem(node: fx.Node, slim: SlimView) -> None:
         kept = slim.kept(source.name, in_dim) if in_dim is not None else None
         if kept is not None and _literal_slice(item) and item != slice(None):
             items[pos] = _slim_slice(item, kept)
+            changed = True
+        elif kept is not None and _constant_slice(item) and not _literal_slice(item):
+            items[pos] = _slim_strided(item, kept)
             changed = True
     if changed:
         node.args = (source, tuple(items) if isinstance(index, tuple) or len(items) > 1 else items[0])
