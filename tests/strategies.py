@@ -29,8 +29,9 @@ from torch import nn
 from tests.conftest import randomize_norms
 
 __all__ = [
-    "Act", "Binary", "Cat", "Chunk", "Conv", "Head", "Norm", "Pool", "ProgramNet", "ProgramSpec", "Shuffle",
-    "Split", "instantiate", "programs",
+    "ACT_SPELLINGS", "Act", "BINARY_SPELLINGS", "Binary", "CAT_SPELLINGS", "CHUNK_SPELLINGS", "Cat", "Chunk", "Conv",
+    "Head", "Norm", "Pool", "ProgramNet", "ProgramSpec", "SPLIT_SPELLINGS", "Shuffle", "Split", "Strided",
+    "instantiate", "programs",
 ]
 
 Shape = tuple[int, ...]
@@ -98,32 +99,52 @@ class Norm:
         return [module(env[self.src])]
 
 
+ACT_SPELLINGS = ("module", "functional", "keyword", "inplace", "method")
+
+
 @dataclass(frozen=True)
 class Act:
-    """An activation, as a module or as its torch.nn.functional call."""
+    """An activation: its module, ``F.relu(x)``, ``F.relu(input=x)``, ``F.relu(x.clone(), inplace=True)``
+    or ``x.relu()`` (the method spelling where torch has one)."""
 
     src: int
     kind: str = "relu"
-    functional: bool = False
+    spelling: str = "module"
 
     def out_shapes(self, shapes):
         return [shapes[self.src]]
 
     def module(self, shapes):
-        return None if self.functional else _ACTS[self.kind][0]()
+        return _ACTS[self.kind][0]() if self.spelling == "module" else None
 
     def run(self, module, env, shapes):
-        x = env[self.src]
-        return [_ACTS[self.kind][1](x) if self.functional else module(x)]
+        x, function = env[self.src], _ACTS[self.kind][1]
+        if self.spelling == "module":
+            return [module(x)]
+        if self.spelling == "keyword":
+            return [function(input=x)]
+        if self.spelling == "inplace" and self.kind != "gelu":  # F.gelu has no inplace
+            return [function(x.clone(), inplace=True)]
+        if self.spelling == "method":
+            return [getattr(x, self.kind)() if hasattr(torch.Tensor, self.kind) else function(x)]
+        return [function(x)]
+
+
+BINARY_SPELLINGS = ("operator", "function", "keyword", "method", "inplace", "augmented")
 
 
 @dataclass(frozen=True)
 class Binary:
-    """``env[a] + env[b]`` or ``*``, broadcasting: same shape is a residual, size-1 axes broadcast."""
+    """``env[a] + env[b]`` or ``*``, broadcasting: same shape is a residual, size-1 axes broadcast.
+
+    Spelled ``a + b``, ``torch.add(a, b)``, ``torch.add(input=a, other=b)``, ``a.add(b)``,
+    ``a.clone().add_(b)`` or ``y = a.clone(); y += b``.
+    """
 
     a: int
     b: int
     op: str = "add"
+    spelling: str = "operator"
 
     def out_shapes(self, shapes):
         return [tuple(max(p, q) for p, q in zip(shapes[self.a], shapes[self.b]))]
@@ -132,14 +153,37 @@ class Binary:
         return None
 
     def run(self, module, env, shapes):
-        return [{"add": operator.add, "mul": operator.mul}[self.op](env[self.a], env[self.b])]
+        a, b = env[self.a], env[self.b]
+        if self.spelling in ("inplace", "augmented") and shapes[self.a] != self.out_shapes(shapes)[0]:
+            a, b = b, a  # an in-place op writes into its first operand: that one must have the result's shape
+        if self.spelling == "function":
+            return [getattr(torch, self.op)(a, b)]
+        if self.spelling == "keyword":
+            return [getattr(torch, self.op)(input=a, other=b)]
+        if self.spelling == "method":
+            return [getattr(a, self.op)(b)]
+        if self.spelling == "inplace":
+            return [getattr(a.clone(), self.op + "_")(b)]
+        if self.spelling == "augmented":
+            y = a.clone()
+            if self.op == "add":
+                y += b
+            else:
+                y *= b
+            return [y]
+        return [{"add": operator.add, "mul": operator.mul}[self.op](a, b)]
+
+
+CAT_SPELLINGS = ("keyword", "positional", "concat", "all_keywords", "negative_dim")
 
 
 @dataclass(frozen=True)
 class Cat:
-    """torch.cat along the channels."""
+    """Concatenation along the channels: ``torch.cat(xs, dim=1)``, ``torch.cat(xs, 1)``,
+    ``torch.concat(xs, 1)``, ``torch.cat(tensors=xs, dim=1)`` or ``torch.cat(xs, dim=1 - rank)``."""
 
     srcs: tuple[int, ...]
+    spelling: str = "keyword"
 
     def out_shapes(self, shapes):
         first = shapes[self.srcs[0]]
@@ -149,7 +193,16 @@ class Cat:
         return None
 
     def run(self, module, env, shapes):
-        return [torch.cat([env[i] for i in self.srcs], dim=1)]
+        xs = [env[i] for i in self.srcs]
+        if self.spelling == "positional":
+            return [torch.cat(xs, 1)]
+        if self.spelling == "concat":
+            return [torch.concat(xs, 1)]
+        if self.spelling == "all_keywords":
+            return [torch.cat(tensors=xs, dim=1)]
+        if self.spelling == "negative_dim":
+            return [torch.cat(xs, dim=1 - xs[0].dim())]
+        return [torch.cat(xs, dim=1)]
 
 
 @dataclass(frozen=True)
@@ -158,7 +211,7 @@ class Split:
 
     src: int
     sizes: tuple[int, ...]
-    method: bool = False  # x.split(...) instead of torch.split(x, ...)
+    spelling: str = "function"  # SPLIT_SPELLINGS
 
     def out_shapes(self, shapes):
         rest = shapes[self.src][1:]
@@ -169,8 +222,21 @@ class Split:
 
     def run(self, module, env, shapes):
         x, sizes = env[self.src], list(self.sizes)
-        parts = x.split(sizes, 1) if self.method else torch.split(x, sizes, dim=1)
-        return [parts[i] for i in range(len(sizes))]
+        parts = {"function": lambda: torch.split(x, sizes, dim=1),
+                 "method": lambda: x.split(sizes, 1),
+                 "method_keyword": lambda: x.split(sizes, dim=1),
+                 "all_keywords": lambda: torch.split(x, split_size_or_sections=sizes, dim=1),
+                 "narrow": lambda: tuple(x.narrow(1, sum(sizes[:i]), n) for i, n in enumerate(sizes)),
+                 "narrow_keywords": lambda: tuple(x.narrow(dim=1, start=sum(sizes[:i]), length=n)
+                                                  for i, n in enumerate(sizes)),
+                 "torch_narrow": lambda: tuple(torch.narrow(x, 1, sum(sizes[:i]), n) for i, n in enumerate(sizes)),
+                 "slice": lambda: tuple(x[:, sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes)))}
+        chosen = parts[self.spelling]()
+        return [chosen[i] for i in range(len(sizes))]  # indexed, not iterated: fx cannot iterate a Proxy
+
+
+SPLIT_SPELLINGS = ("function", "method", "method_keyword", "all_keywords", "narrow", "narrow_keywords",
+                   "torch_narrow", "slice")
 
 
 def _chunk_sizes(channels: int, chunks: int) -> list[int]:
@@ -185,7 +251,7 @@ class Chunk:
 
     src: int
     chunks: int
-    method: bool = False
+    spelling: str = "function"  # CHUNK_SPELLINGS
 
     def out_shapes(self, shapes):
         c, *rest = shapes[self.src]
@@ -196,8 +262,33 @@ class Chunk:
 
     def run(self, module, env, shapes):
         x = env[self.src]
-        parts = x.chunk(self.chunks, dim=1) if self.method else torch.chunk(x, self.chunks, 1)
+        parts = {"function": lambda: torch.chunk(x, self.chunks, 1),
+                 "method": lambda: x.chunk(self.chunks, 1),
+                 "method_keyword": lambda: x.chunk(self.chunks, dim=1),
+                 "all_keywords": lambda: torch.chunk(input=x, chunks=self.chunks, dim=1)}[self.spelling]()
         return [parts[i] for i in range(len(_chunk_sizes(shapes[self.src][0], self.chunks)))]
+
+
+CHUNK_SPELLINGS = ("function", "method", "method_keyword", "all_keywords")
+
+
+@dataclass(frozen=True)
+class Strided:
+    """Every ``step``-th channel from ``start``: ``x[:, start::step]`` (exact: a slice or a list index)."""
+
+    src: int
+    start: int
+    step: int
+
+    def out_shapes(self, shapes):
+        c, *rest = shapes[self.src]
+        return [(len(range(self.start, c, self.step)), *rest)]
+
+    def module(self, shapes):
+        return None
+
+    def run(self, module, env, shapes):
+        return [env[self.src][:, self.start::self.step]]
 
 
 @dataclass(frozen=True)
@@ -373,7 +464,7 @@ def _broadcasts(a: Shape, b: Shape) -> bool:
 def _binary(draw, shapes):
     a = _source(draw, shapes)
     b = _source(draw, shapes, lambda s: _broadcasts(shapes[a], s))
-    return Binary(a, b, draw(st.sampled_from(["add", "mul"])))
+    return Binary(a, b, draw(st.sampled_from(["add", "mul"])), draw(st.sampled_from(BINARY_SPELLINGS)))
 
 
 def _cat(draw, shapes):
@@ -383,18 +474,21 @@ def _cat(draw, shapes):
         more = _source(draw, shapes, lambda s: s[1:] == shapes[srcs[0]][1:] and s[0] <= room)
         if more is not None:
             srcs.append(more)
-    return Cat(tuple(srcs))
+    return Cat(tuple(srcs), draw(st.sampled_from(CAT_SPELLINGS)))
 
 
 def _split(draw, shapes):
     src = _source(draw, shapes, lambda s: s[0] > 1)
     c = shapes[src][0]
-    method = draw(st.booleans())
-    if draw(st.booleans()):
-        return Chunk(src, draw(st.integers(2, c)), method)
+    kind = draw(st.sampled_from(["chunk", "split", "strided"]))
+    if kind == "chunk":
+        return Chunk(src, draw(st.integers(2, c)), draw(st.sampled_from(CHUNK_SPELLINGS)))
+    if kind == "strided":
+        step = draw(st.integers(2, max(2, c // 2 + 1)))
+        return Strided(src, draw(st.integers(0, min(step, c) - 1)), step)
     cuts = draw(st.lists(st.integers(1, c - 1), min_size=1, max_size=3, unique=True))
     edges = [0, *sorted(cuts), c]
-    return Split(src, tuple(b - a for a, b in zip(edges, edges[1:])), method)
+    return Split(src, tuple(b - a for a, b in zip(edges, edges[1:])), draw(st.sampled_from(SPLIT_SPELLINGS)))
 
 
 def _shuffle(draw, shapes):
@@ -419,7 +513,7 @@ def _norm(draw, shapes):
 
 
 def _act(draw, shapes):
-    return Act(_source(draw, shapes), draw(st.sampled_from(sorted(_ACTS))), draw(st.booleans()))
+    return Act(_source(draw, shapes), draw(st.sampled_from(sorted(_ACTS))), draw(st.sampled_from(ACT_SPELLINGS)))
 
 
 # Each kind of op with a test of whether the program holds a tensor it can read.  Convs come

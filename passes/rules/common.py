@@ -22,7 +22,12 @@ def untracked_like(value: Any) -> Any:
     return None
 
 
-def normalize_dim(dim: int, rank: int) -> int:
+def normalize_dim(dim: Any, rank: int) -> int:
+    """A dim as a non-negative int; one computed at run time (``1 - x.dim()``) by its traced value: ranks are static."""
+    if isinstance(dim, fx.Node):
+        dim = dim.meta.get("val")
+    if not isinstance(dim, int):
+        raise RuntimeError(f"internal: a dim that is not an integer reached a rule: {dim!r}")
     return dim + rank if dim < 0 else dim
 
 

@@ -190,6 +190,24 @@ def _pad(ctx: RuleContext) -> Layout:
 
 register_rule(F.pad, propagate=_pad)
 
+# padding modules: the trailing ``2 * spatial`` axes are padded, never the channels (dim 1 of a batched map)
+_PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+                nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+                nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+
+
+def _pad_module(ctx: RuleContext) -> Layout:
+    x = ctx.node.args[0]
+    rank, padded = len(ctx.shape(x)), len(ctx.module.padding) // 2
+    layout = dict(ctx.layout(x) or {})
+    for d in range(rank - padded, rank):
+        if d in layout:
+            ctx.freeze({d: layout.pop(d)}, "pads a channel axis")
+    return layout
+
+
+register_rule(*_PAD_MODULES, propagate=_pad_module)
+
 # -- new tensors shaped like their input: same channel positions ------------------------
 register_rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like,
               torch.randn_like, propagate=_same_as_first)

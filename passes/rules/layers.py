@@ -8,7 +8,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..rule_registry import Layout, RuleContext, register_rule
+from ..rule_registry import Layout, RuleContext, SlimView, register_rule
 from .common import freeze_inputs
 
 # -- convolutions -------------------------------------------------------------------
@@ -96,10 +96,26 @@ def _functional(n_spatial: int, transposed: bool):
     return propagate
 
 
+def _rewrite_functional(n_spatial: int):
+    """A depthwise call's literal ``groups`` follows its slim input channels, as ``_refresh_conv`` does for modules.
+
+    Arguments are positional here (``normalize_args``): ``groups`` is the 7th of conv and conv_transpose alike.
+    """
+    def rewrite(node: fx.Node, slim: SlimView) -> None:
+        x = node.args[0]
+        if len(node.args) < 7 or not isinstance(node.args[6], int) or node.args[6] == 1:
+            return
+        cdim = x.meta["val"].dim() - n_spatial - 1
+        if node.args[6] == x.meta["val"].shape[cdim]:  # depthwise: one group per input channel
+            node.args = (*node.args[:6], slim.slim_value(x.name)[cdim], *node.args[7:])
+
+    return rewrite
+
+
 for _fn, (_n, _t) in {F.conv1d: (1, False), F.conv2d: (2, False), F.conv3d: (3, False),
                       F.conv_transpose1d: (1, True), F.conv_transpose2d: (2, True),
                       F.conv_transpose3d: (3, True)}.items():
-    register_rule(_fn, propagate=_functional(_n, _t))
+    register_rule(_fn, propagate=_functional(_n, _t), rewrite_args=_rewrite_functional(_n))
 
 # -- linear -------------------------------------------------------------------------
 
