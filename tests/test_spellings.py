@@ -114,6 +114,31 @@ FAMILIES: dict[str, dict[str, Op]] = {
         "all_keywords": lambda y: F.pad(input=y, pad=[1, 1, 1, 1], mode="constant"), "module": nn.ZeroPad2d(1),
         "reflection": nn.ReflectionPad2d(1), "constant": nn.ConstantPad2d((1, 1, 1, 1), 0.5),
     },
+    "unsqueeze_squeeze": {
+        "methods": lambda y: y.unsqueeze(2).squeeze(2), "keywords": lambda y: y.unsqueeze(dim=2).squeeze(dim=2),
+        "functions": lambda y: torch.squeeze(torch.unsqueeze(y, 2), 2), "indexing": lambda y: y[:, :, None].squeeze(2),
+        "negative": lambda y: y.unsqueeze(-1).squeeze(-1),
+    },
+    "flip_spatial": {
+        "method": lambda y: y.flip(3), "method_list": lambda y: y.flip([3]), "function": lambda y: torch.flip(y, (3,)),
+        "keyword": lambda y: torch.flip(y, dims=[3]),
+    },
+    "stack_unbind": {
+        "functions": lambda y: torch.stack([torch.unbind(y, 2)[i] for i in range(6)], 2),
+        "methods": lambda y: torch.stack([y.unbind(2)[i] for i in range(6)], dim=2),
+        "keywords": lambda y: torch.stack(tensors=[torch.unbind(y, dim=2)[i] for i in range(6)], dim=2),
+    },
+    "expand": {
+        "method": lambda y: y.mean((2, 3), keepdim=True).expand(-1, -1, 6, 6),
+        "method_tuple": lambda y: y.mean((2, 3), keepdim=True).expand((-1, -1, 6, 6)),
+        "expand_as": lambda y: y.mean((2, 3), keepdim=True).expand_as(y),
+    },
+    "clamp": {
+        "function": lambda y: torch.clamp(y, -1.0, 1.0), "keywords": lambda y: torch.clamp(y, min=-1.0, max=1.0),
+        "method": lambda y: y.clamp(-1.0, 1.0), "method_keywords": lambda y: y.clamp(min=-1.0, max=1.0),
+        "clip": lambda y: torch.clip(y, -1.0, 1.0), "inplace": lambda y: y.clone().clamp_(-1.0, 1.0),
+        "hardtanh": lambda y: F.hardtanh(y), "module": nn.Hardtanh(),
+    },
     "max_pool": {
         "positional": lambda y: F.max_pool2d(y, 2), "keywords": lambda y: F.max_pool2d(y, kernel_size=2, stride=2),
         "all_keywords": lambda y: F.max_pool2d(input=y, kernel_size=2), "module": nn.MaxPool2d(2),
@@ -210,3 +235,14 @@ def test_functional_layers_are_the_same_in_every_spelling():
         assert sum(check_equivalence(model, x, seed=seed).channels_removed for seed in range(3)) > 0
         found.append(_prunable(model, x))
     assert found[0] == found[1] and found[0][-1] == 8
+
+
+def test_a_sequence_held_in_one_value_is_frozen_not_guessed():
+    for op in (lambda y: torch.cat(y.split(4, 1), 1), lambda y: torch.stack(torch.unbind(y, 2), 2)):
+        model, x = Sandwich(op).eval(), torch.randn(2, 3, 6, 6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analysis = falf_fx.analyze(falf_fx.trace(model, x))
+        frozen = [r for g in analysis.groups for r in g.reasons]
+        assert any("a sequence held in one value" in r for r in frozen)
+        assert check_equivalence(model, x).max_abs_diff == 0.0

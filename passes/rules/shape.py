@@ -173,8 +173,16 @@ register_rule("permute", torch.permute, "transpose", torch.transpose, "swapaxes"
 # -- concatenation and stacking ------------------------------------------------------------
 
 
+def _tensor_list(ctx: RuleContext) -> Optional[list]:
+    """The tensors of a cat or stack, or None when they arrive as one value (``torch.cat(x.split(4, 1))``)."""
+    tensors = ctx.arg(0, "tensors")
+    return list(tensors) if isinstance(tensors, (list, tuple)) else None
+
+
 def _cat(ctx: RuleContext) -> Layout:
-    tensors = list(ctx.arg(0, "tensors"))
+    tensors = _tensor_list(ctx)
+    if tensors is None:
+        return freeze_inputs(ctx, "concatenates a sequence held in one value")
     out_shape = ctx.out_shape
     dim = normalize_dim(ctx.arg(1, "dim", 0), len(out_shape))
     layouts = [ctx.layout(t) or {} for t in tensors]
@@ -195,7 +203,9 @@ register_rule(torch.cat, torch.concat, torch.concatenate, propagate=_cat)
 
 
 def _stack(ctx: RuleContext) -> Layout:
-    tensors = list(ctx.arg(0, "tensors"))
+    tensors = _tensor_list(ctx)
+    if tensors is None:
+        return freeze_inputs(ctx, "stacks a sequence held in one value")
     out_shape = ctx.out_shape
     dim = normalize_dim(ctx.arg(1, "dim", 0), len(out_shape))
     out = couple(ctx, tensors, [s for i, s in enumerate(out_shape) if i != dim])
