@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import traceback
 import warnings
 from collections.abc import Iterable, Sequence
@@ -142,7 +143,36 @@ def _symbolic_trace(model: nn.Module, leaf_modules: Iterable[LeafSpec],
     name = model.__class__.__name__
     gm = fx.GraphModule(tracer.root, graph, name)
     gm.meta[AUTO_LEAVES_KEY] = auto
+    if concrete_args:
+        _specialize(gm, model, concrete_args)
     return gm
+
+
+def _specialize(gm: fx.GraphModule, model: nn.Module, concrete_args: dict[str, Any]) -> None:
+    """Drop the inputs fixed by ``concrete_args``: fx keeps them as placeholders feeding only guards.
+
+    The trace already used their values, so the placeholders (whose defaults are the
+    forward's own, not the fixed values: calling with the example inputs alone trips the
+    guards) and the guards on them go, and the GraphModule takes the remaining inputs.
+    """
+    names = [n for n in inspect.signature(model.forward).parameters if n != "self"]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    fixed = [node for name, node in zip(names, placeholders) if name in concrete_args]
+    doomed: list[fx.Node] = []
+    frontier = list(fixed)
+    while frontier:
+        node = frontier.pop()
+        if node not in doomed:
+            doomed.append(node)
+            frontier.extend(node.users)
+    guards = (torch._assert, torch.fx._symbolic_trace._assert_is_none)
+    if any(n.op != "placeholder" and n.target not in guards and not all(u in doomed for u in n.users)
+           for n in doomed) or any(n.op == "output" for n in doomed):
+        return  # a fixed input that still reaches the computation: keep it as traced
+    for node in sorted(doomed, key=lambda n: -list(gm.graph.nodes).index(n)):
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafSpec] = (),

@@ -258,7 +258,7 @@ def _propagate(gm: fx.GraphModule, space: ChannelSpace, canonical: dict[str, str
         if node.op == "placeholder" and "val" not in node.meta:
             raise FalfValueError(f"{node_where(node)} has no shape information: trace the model with "
                              "falf_fx.trace(model, example_inputs) before analysing it")
-        ctx = RuleContext(node, space, layouts, gm, canonical, modules)
+        ctx = RuleContext(node, space, layouts, gm, canonical, modules, counts)
         value = node.meta.get("val")
         if node.op in ("call_function", "call_method") and not _touches_tensors(node):
             layouts[node] = untracked_like(value)  # Python arithmetic on sizes and the like

@@ -53,6 +53,7 @@ class RuleContext:
     root: nn.Module
     canonical_names: dict[str, str]
     modules: Mapping[str, nn.Module]  # root.named_modules(remove_duplicate=False), built once per pass
+    counts: Mapping[fx.Node, Any] = field(default_factory=dict)  # int nodes -> size_flow.ChannelCount read
 
     # -- reading --------------------------------------------------------
     @property

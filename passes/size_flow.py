@@ -22,9 +22,10 @@ __all__ = ["ChannelCount", "read_count", "combine_counts", "freeze_counts"]
 
 @dataclass(frozen=True)
 class ChannelCount:
-    """The channel atoms whose number an int was computed from."""
+    """The channel atoms whose number an int was computed from, and the tensors it was read from."""
 
     atoms: tuple[np.ndarray, ...]
+    sources: frozenset[str] = frozenset()
 
 
 def read_count(node: fx.Node, layouts: dict[fx.Node, Any]) -> Any:
@@ -35,26 +36,31 @@ def read_count(node: fx.Node, layouts: dict[fx.Node, Any]) -> Any:
     layout = layouts.get(source)
     layout = layout if isinstance(layout, dict) else {}
     rank = source.meta["val"].dim()
-    per_dim = tuple(ChannelCount((layout[d],) if d in layout else ()) for d in range(rank))
+    read_from = frozenset((source.name,))
+    per_dim = tuple(ChannelCount((layout[d],) if d in layout else (), read_from) for d in range(rank))
     if node.op == "call_method" and node.target == "size":
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         return per_dim if dim is None else per_dim[dim] if isinstance(dim, int) else None
     if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
         return per_dim
     if node.op == "call_method" and node.target == "numel":
-        return ChannelCount(tuple(layout.values()))
+        return ChannelCount(tuple(layout.values()), read_from)
     return None
 
 
-def _input_atoms(node: fx.Node, counts: dict[fx.Node, Any]) -> list[np.ndarray]:
-    """The channel atoms behind every count among the node's inputs (a count is a ChannelCount or a tuple of them)."""
-    found: list[np.ndarray] = []
+def _input_counts(node: fx.Node, counts: dict[fx.Node, Any]) -> list[ChannelCount]:
+    """Every count among the node's inputs (a count is a ChannelCount or a tuple of them)."""
+    found: list[ChannelCount] = []
     for source in node.all_input_nodes:
         count = counts.get(source)
-        for part in count if isinstance(count, tuple) else (count,):
-            if isinstance(part, ChannelCount):
-                found.extend(part.atoms)
+        found.extend(part for part in (count if isinstance(count, tuple) else (count,))
+                     if isinstance(part, ChannelCount))
     return found
+
+
+def _input_atoms(node: fx.Node, counts: dict[fx.Node, Any]) -> list[np.ndarray]:
+    """The channel atoms behind every count among the node's inputs."""
+    return [atoms for count in _input_counts(node, counts) for atoms in count.atoms]
 
 
 def combine_counts(node: fx.Node, counts: dict[fx.Node, Any]) -> Optional[Any]:
@@ -63,8 +69,9 @@ def combine_counts(node: fx.Node, counts: dict[fx.Node, Any]) -> Optional[Any]:
         per_dim, index = counts[node.args[0]], node.args[1]
         if isinstance(index, (int, slice)):
             return per_dim[index]
-    atoms = _input_atoms(node, counts)
-    return ChannelCount(tuple(atoms)) if atoms else None
+    found = _input_counts(node, counts)
+    atoms = tuple(a for count in found for a in count.atoms)
+    return ChannelCount(atoms, frozenset().union(*(c.sources for c in found))) if atoms else None
 
 
 def freeze_counts(space: ChannelSpace, node: fx.Node, counts: dict[fx.Node, Any], where: str) -> None:

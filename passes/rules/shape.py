@@ -52,7 +52,51 @@ def _reshape(ctx: RuleContext) -> Layout:
     x = ctx.node.args[0]
     sizes, _ = _shape_args(ctx.node)
     dynamic = [_is_dynamic(s) for s in sizes] if sizes is not None else None
-    return map_reshape(ctx.space, ctx.layout(x) or {}, ctx.shape(x), ctx.out_shape, ctx.where, dynamic)
+    out = map_reshape(ctx.space, ctx.layout(x) or {}, ctx.shape(x), ctx.out_shape, ctx.where, dynamic)
+    _tie_sizes_read_elsewhere(ctx, sizes, out)
+    return out
+
+
+def _ancestors(node: fx.Node) -> set[str]:
+    """The names of ``node`` and of every node it is computed from."""
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current.name not in seen:
+            seen.add(current.name)
+            stack.extend(current.all_input_nodes)
+    return seen
+
+
+def _tie_sizes_read_elsewhere(ctx: RuleContext, sizes: Optional[list], out: Layout) -> None:
+    """``b.view(n, a.shape[1], h, w)``: a size read from another tensor's channels must shrink with this axis.
+
+    A count read from the viewed tensor or one it was computed from follows it as today
+    (ShuffleNet's ``x.view(n, g, c // g, h, w)`` and the view back after the transpose).
+    One read from an unrelated tensor ties those channels to the output axis it sizes
+    (one group, so a frozen side freezes the other), or freezes them when the two cannot
+    be matched position by position.
+    """
+    if sizes is None:
+        return
+    lineage = _ancestors(ctx.node.args[0])
+    for d, size in enumerate(sizes):
+        count = ctx.counts.get(size) if isinstance(size, fx.Node) else None
+        if isinstance(count, tuple):  # x.view(y.size()): one value holds every size
+            count = count[d] if d < len(count) else None
+        parts = [a for a in getattr(count, "atoms", ()) if a.size]
+        if not parts:
+            continue
+        if count.sources <= lineage:
+            continue
+        read = np.concatenate([a.ravel() for a in parts])
+        target = out.get(d)
+        if target is not None and target.size == read.size:
+            ctx.space.unite(read, target)
+        else:
+            ctx.space.freeze(read, f"its channel count sizes another tensor's view ({ctx.where})")
+            if target is not None:
+                ctx.freeze({d: target}, "sized by another tensor's channel count")
 
 
 def _rewrite_shape_args(node: fx.Node, slim: SlimView) -> None:
