@@ -1,11 +1,12 @@
 """Capture: torch.fx tracing with automatic leaves, then shapes on meta tensors."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import traceback
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -186,7 +187,38 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafS
     """
     if not isinstance(model, nn.Module):
         raise FalfTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    inputs = as_input_tuple(example_inputs)
+    with _attributes_kept(model):
+        return _trace(model, as_input_tuple(example_inputs), leaf_modules, concrete_args)
+
+
+@contextlib.contextmanager
+def _attributes_kept(model: nn.Module) -> Iterator[None]:
+    """Every module of ``model`` ends with the attributes it started with.
+
+    Tracing and shape propagation run the model's leaves on meta tensors; a leaf that
+    caches something built from its input (YOLO's Detect keeps its anchors) would keep
+    a meta tensor, and the user's model would no longer run.  The traced GraphModule
+    shares those modules, so it gets them back as they were too.
+    """
+    saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, attributes, parameters, buffers, children in saved:
+            for key in [k for k in vars(module) if k not in attributes]:
+                delattr(module, key)
+            for key, value in attributes.items():
+                if vars(module).get(key) is not value:
+                    vars(module)[key] = value
+            for registry, kept in ((module._parameters, parameters), (module._buffers, buffers),
+                                   (module._modules, children)):
+                if registry != kept or any(registry[k] is not v for k, v in kept.items()):
+                    registry.clear()
+                    registry.update(kept)
+
+
+def _trace(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec],
+           concrete_args: Optional[dict[str, Any]]) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
         gm = copy.deepcopy(model) if calls_to_normalize(model) else model  # the caller's graph stays as written
         gm.meta.setdefault(AUTO_LEAVES_KEY, {})

@@ -13,7 +13,7 @@ from .analysis import Analysis, graph_fingerprint, tensor_named
 from .errors import FalfError, FalfValueError
 from .plan import PlanError, PruningPlan
 from .rule_registry import SlimView, rule_for
-from .shape_prop import fake_inputs_like, propagate_shapes
+from .shape_prop import ShapePropagationError, fake_inputs_like, propagate_shapes
 
 __all__ = ["SlimError", "SlimPass", "slim_graph_module", "REMOVED_KEY"]
 
@@ -208,6 +208,17 @@ def slim_graph_module(gm: fx.GraphModule, plan: PruningPlan, verify: bool = True
     slim.meta[REMOVED_KEY] = {name: {dim: keep.tolist() for dim, keep in dims.items()} for name, dims in cuts.items()}
     slim.meta.pop("falf_fx.analysis", None)
     if verify:
-        propagate_shapes(slim, fake_inputs_like(gm))
+        try:
+            propagate_shapes(slim, fake_inputs_like(gm))
+        except ShapePropagationError as error:  # the original ran on these inputs: the rewrite is at fault
+            raise SlimError(f"the slim model does not run where the original did: {_after_colon(error)}; this is a "
+                            "falf_fx bug (an op whose sizes the rewrite did not follow), please report it with the "
+                            "model; meanwhile ignore=[...] naming the module keeps its channels") from error
         _check_shapes(slim, expected)
     return slim
+
+
+def _after_colon(error: Exception) -> str:
+    """The failing node and message of a ShapePropagationError, without its blame on the inputs."""
+    text = str(error)
+    return text.split(": ", 1)[1] if text.startswith("the model does not run") and ": " in text else text
