@@ -175,6 +175,8 @@ def rule_for(node: fx.Node, modules: Mapping[str, nn.Module]) -> Optional[OpRule
         return _REGISTRY.modules.get(type(modules[node.target]))
     if node.op == "call_function":
         return _REGISTRY.functions.get(node.target)
-    if node.op == "call_method":
-        return _REGISTRY.methods.get(node.target)
+    if node.op == "call_method":  # x.amax(1) is torch.amax(x, 1): a function's rule serves its method too
+        found = _REGISTRY.methods.get(node.target)
+        function = getattr(torch, str(node.target), None)
+        return found if found is not None else _REGISTRY.functions.get(function) if function is not None else None
     return None

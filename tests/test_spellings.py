@@ -139,6 +139,10 @@ FAMILIES: dict[str, dict[str, Op]] = {
         "clip": lambda y: torch.clip(y, -1.0, 1.0), "inplace": lambda y: y.clone().clamp_(-1.0, 1.0),
         "hardtanh": lambda y: F.hardtanh(y), "module": nn.Hardtanh(),
     },
+    "amax_over_width": {  # a torch function's rule serves its method spelling too
+        "function": lambda y: torch.amax(y, 3, keepdim=True), "method": lambda y: y.amax(3, keepdim=True),
+        "method_keyword": lambda y: y.amax(dim=3, keepdim=True), "logsumexp": lambda y: y.logsumexp(3, keepdim=True),
+    },
     "max_pool": {
         "positional": lambda y: F.max_pool2d(y, 2), "keywords": lambda y: F.max_pool2d(y, kernel_size=2, stride=2),
         "all_keywords": lambda y: F.max_pool2d(input=y, kernel_size=2), "module": nn.MaxPool2d(2),
