@@ -419,8 +419,9 @@ def _add_compress(sub: Any) -> None:
     p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
                    help="how the MACs goal is shared between layers: uniform (the same share of every group), "
                         "global or cost (scores ranked across groups; cost: per MAC saved) (default uniform)")
-    p.add_argument("--distill", type=float, default=0.5, metavar="ALPHA",
-                   help="weight of distillation from the original model during fine-tuning (0: off; default 0.5)")
+    p.add_argument("--distill", type=float, default=None, metavar="ALPHA",
+                   help="weight of distillation from the original model during fine-tuning (0: off; default 0.5 for "
+                        "class logits, off for other outputs)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of digits, synthetic, cifar10 (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of data split, training and method (default 0)")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="save every epoch and round here")

@@ -21,7 +21,7 @@ from falf_fx.passes.rewrite import slim_graph_module
 from .capture import trace
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint
 from .errors import FalfError, FalfTypeError, FalfValueError
-from .distill import Distillation, distillation_loss
+from .distill import Distillation, DistillationError, distillation_loss
 from .flops import cost_and_macs_by_module, latency_ms, layer_widths
 from .methods import PruningMethod, method_options, resolve_method
 from .methods.base import Round
@@ -55,15 +55,17 @@ def _first_batch(loader: DataLoader) -> tuple:
     return tuple(batch)
 
 
-def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> int:
-    """Number of classes; clear errors when outputs are not logits or labels do not fit."""
+def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> tuple[int, bool]:
+    """Number of classes and whether the outputs are class logits; clear errors when a classifier's are not
+    logits or its labels do not fit."""
     with torch.no_grad():
         was = model.training
         model.eval()
         outputs = model(batch[0])
         model.train(was)
+    logits = isinstance(outputs, torch.Tensor) and outputs.dim() == 2
     if custom_loss:
-        return int(outputs.shape[-1]) if isinstance(outputs, torch.Tensor) and outputs.dim() >= 2 else 2
+        return (int(outputs.shape[-1]) if isinstance(outputs, torch.Tensor) and outputs.dim() >= 2 else 2), logits
     if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2:
         shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
         raise FalfError(f"the model's outputs ({shape}) are not class logits (batch, classes): pass loss_fn=")
@@ -71,7 +73,17 @@ def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> int:
     if labels.dtype not in (torch.int64, torch.int32) or labels.min() < 0 or labels.max() >= classes:
         raise FalfError(f"labels range from {int(labels.min())} to {int(labels.max())} but the model has {classes} "
                         "outputs: fix the labels, or pass loss_fn= if the outputs are not class logits")
-    return classes
+    return classes, True
+
+
+def _distillation(distill: Optional[float], temperature: float, logits: bool) -> Distillation:
+    """``distill=None``: 0.5 for class logits, off for any other output (a detector's boxes, a dict)."""
+    if distill is None:
+        return Distillation(0.5 if logits else 0.0, temperature)
+    if distill > 0 and not logits:
+        raise DistillationError(f"distill={distill}: the model's outputs are not class logits (batch, classes), "
+                                "so they cannot be distilled; leave distill out (off for such outputs) or pass 0")
+    return Distillation(distill, temperature)
 
 
 def _check_target(analysis: Analysis, macs: MacsModel, target_macs: float) -> None:
@@ -143,7 +155,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
              val_loader: Optional[DataLoader] = None, loss_fn: Optional[Callable] = None,
              target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: Optional[int] = None,
              step: float = 0.3, finetune_epochs: int = 8, finetune_lr: float = 0.02, warmup: float = 0.05,
-             allocation: str = "uniform", min_keep: float = 0.05, distill: float = 0.5,
+             allocation: str = "uniform", min_keep: float = 0.05, distill: Optional[float] = None,
              distill_temperature: float = 4.0, checkpoint_dir: Optional[str] = None, resume: bool = False,
              seed: int = 0, progress: bool = True, measure_latency: bool = True) -> CompressResult:
     """Compress a trained classifier: rounds of score -> slim -> fine-tune.
@@ -157,19 +169,19 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
     whole run, shared by the rounds under one warm-up + cosine schedule peaking at
     ``finetune_lr``; methods' own phases (FALF's auxiliary phase...) come on top and
     are reported apart.  Fine-tuning distils the original model's logits with weight
-    ``distill`` (0: off) at ``distill_temperature``.  ``allocation`` shares a MACs
-    goal between groups: ``uniform`` (the same share of every group), ``global`` or
+    ``distill`` (0: off; by default 0.5 for class logits, off for other outputs) at
+    ``distill_temperature``.  ``allocation`` shares a MACs goal between groups: ``uniform`` (the same share of every group), ``global`` or
     ``cost`` (scores ranked across groups, ``cost`` per MAC saved); ``min_keep`` of
     every group stays.  ``measure_latency=False`` leaves the CPU latency out of the
     report (it costs seconds; tests and sweeps do not need it).
     """
     _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocation, min_keep)
-    distillation = Distillation(distill, distill_temperature)
     pruner = copy.deepcopy(resolve_method(method))  # a method object is the caller's: a run never changes it
     rounds = rounds or pruner.default_rounds
     batch = _first_batch(loader)
     example = example_inputs if example_inputs is not None else batch[0][:1]
-    classes = _check_classifier(model, batch, loss_fn is not None)
+    classes, logits = _check_classifier(model, batch, loss_fn is not None)
+    distillation = _distillation(distill, distill_temperature, logits)
     main_loss = loss_fn or _default_loss
     store = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
     if resume and (store is None or not store.has_any()):

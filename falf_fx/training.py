@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from .checkpoint import CheckpointStore, fingerprint
 from .errors import FalfError, FalfValueError
 
-__all__ = ["TrainConfig", "TrainingError", "train", "evaluate", "epoch_loader", "is_distributed",
+__all__ = ["TrainConfig", "TrainingError", "total_loss", "train", "evaluate", "epoch_loader", "is_distributed",
            "all_reduce_mean", "init_distributed_from_env", "lr_factor", "steps_per_epoch", "LossFn"]
 
 LossFn = Callable[[Any, tuple], torch.Tensor]  # (outputs, batch) -> loss; batch = (inputs, targets, ...)
@@ -107,10 +107,30 @@ def _batches(loader: DataLoader, limit: Optional[int]) -> Iterator[tuple[int, An
         yield index, batch
 
 
-def _split(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(batch: Any) -> tuple[Any, Any]:
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise TrainingError("each batch must be (inputs, targets, ...)")
     return batch[0], batch[1]
+
+
+def _batch_size(inputs: Any) -> int:
+    """Samples in a batch: a tensor's first axis, or a list of samples (a detector's images)."""
+    return int(inputs.shape[0]) if isinstance(inputs, torch.Tensor) else len(inputs)
+
+
+def total_loss(loss: Any, phase: str) -> torch.Tensor:
+    """The loss to minimise: a tensor as it is, a dict of losses (a detector's) or a sequence of them summed."""
+    if isinstance(loss, dict):
+        loss = list(loss.values())
+    if isinstance(loss, (list, tuple)):
+        if not loss or not all(isinstance(part, torch.Tensor) for part in loss):
+            raise TrainingError(f"phase '{phase}': a dict or list of losses must hold tensors, got {loss!r}")
+        loss = sum(part.sum() for part in loss)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise TrainingError(f"phase '{phase}': loss_fn must return one number (a 0-d tensor), a dict or a list of "
+                            f"them, not {shape}")
+    return loss.reshape(())
 
 
 def steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
@@ -174,11 +194,11 @@ def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainCo
             net.train()
             task = bar.add_task(f"{phase} epoch {epoch + 1}/{config.epochs}", total=total, stats="")
             seen = correct = 0
-            loss_sum = 0.0
+            loss_sum, classified = 0.0, False
             for index, batch in _batches(epoch_loader(loader, config.seed, epoch), config.max_batches):
                 inputs, targets = _split(batch)
                 outputs = net(inputs)
-                loss = loss_fn(outputs, batch)
+                loss = total_loss(loss_fn(outputs, batch), phase)
                 if not torch.isfinite(loss):
                     where = checkpoints.path(phase) if checkpoints is not None else "none (no checkpoint_dir)"
                     raise TrainingError(f"the loss became {loss.item()} in phase '{phase}', epoch {epoch + 1}, "
@@ -188,13 +208,18 @@ def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainCo
                 optimizer.step()
                 scheduler.step()
                 logits = outputs[0] if isinstance(outputs, tuple) else outputs
-                seen += targets.shape[0]
-                loss_sum += loss.item() * targets.shape[0]
-                if logits.dim() == 2 and targets.dim() == 1:
+                size = _batch_size(inputs)
+                seen += size
+                loss_sum += loss.item() * size
+                classified = isinstance(logits, torch.Tensor) and logits.dim() == 2 and \
+                    isinstance(targets, torch.Tensor) and targets.dim() == 1
+                if classified:
                     correct += int((logits.argmax(1) == targets).sum())
-                bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.4f} acc {correct / seen:.3f}")
+                accuracy = f" acc {correct / seen:.3f}" if classified else ""
+                bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.4f}{accuracy}")
             record = {"phase": phase, "epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
-                      "train_accuracy": correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+                      "train_accuracy": correct / max(seen, 1) if classified else None,
+                      "lr": optimizer.param_groups[0]["lr"]}
             if evaluate_fn is not None:
                 record.update(evaluate_fn(model))
             history.append(record)

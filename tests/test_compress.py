@@ -219,3 +219,33 @@ def test_method_objects_are_checked_and_never_changed(data, trained):
                               finetune_epochs=1, progress=False, measure_latency=False)
     assert method.state() == before  # compress ran a copy
     assert result.report["method_options"] == {"threshold": 1.0}
+
+
+class _DictNet(nn.Module):
+    """A model that is not a classifier to compress's eyes: a dict out, a dict of losses from its loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = tiny_net()
+
+    def forward(self, x):
+        logits = self.body(x)
+        return {"scores": logits, "energy": logits.square().mean(1)}
+
+
+def _dict_losses(outputs, batch):
+    return {"task": nn.functional.cross_entropy(outputs["scores"], batch[1]), "energy": 1e-3 * outputs["energy"].mean()}
+
+
+def test_any_output_and_a_dict_of_losses_train_and_the_tuple_example_is_taken(data):
+    x = next(iter(data[0]))[0][:1]
+    result = falf_fx.compress(_DictNet(), data[0], loss_fn=_dict_losses, example_inputs=(x,), target_macs=0.5,
+                              finetune_epochs=1, progress=False)
+    assert result.report["target"]["met"] and result.report["budget"]["distill"]["alpha"] == 0.0  # not logits: off
+    assert result.report["after"]["latency_ms"] > 0
+    assert set(result.model(x)) == {"scores", "energy"}
+    with pytest.raises(FalfError, match=r"distill=0.5: the model's outputs are not class logits"):
+        falf_fx.compress(_DictNet(), data[0], loss_fn=_dict_losses, target_macs=0.5, distill=0.5, progress=False)
+    with pytest.raises(TrainingError, match="loss_fn must return one number"):
+        falf_fx.compress(_DictNet(), data[0], loss_fn=lambda out, batch: out["energy"], target_macs=0.5,
+                         finetune_epochs=1, progress=False, measure_latency=False)
