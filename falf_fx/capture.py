@@ -170,7 +170,8 @@ def _specialize(gm: fx.GraphModule, model: nn.Module, concrete_args: dict[str, A
     if any(n.op != "placeholder" and n.target not in guards and not all(u in doomed for u in n.users)
            for n in doomed) or any(n.op == "output" for n in doomed):
         return  # a fixed input that still reaches the computation: keep it as traced
-    for node in sorted(doomed, key=lambda n: -list(gm.graph.nodes).index(n)):
+    position = {node: i for i, node in enumerate(gm.graph.nodes)}
+    for node in sorted(doomed, key=position.__getitem__, reverse=True):  # users before what they use
         gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()

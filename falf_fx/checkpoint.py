@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .errors import FalfError
+from .errors import FalfError, first_line
 
 __all__ = ["CheckpointError", "CheckpointStore", "fingerprint"]
 
@@ -25,10 +25,6 @@ def fingerprint(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)};".encode())
     return digest.hexdigest()
-
-
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 class CheckpointStore:
@@ -56,9 +52,9 @@ class CheckpointStore:
         except pickle.UnpicklingError as error:
             raise CheckpointError(f"checkpoint {target} refused: it holds pickled objects, so falf_fx did not write "
                                   f"it (and does not run it); delete it or use another checkpoint_dir "
-                                  f"({_first_line(error)})") from error
+                                  f"({first_line(error)})") from error
         except Exception as error:  # noqa: BLE001 - reported with the file's name
-            raise CheckpointError(f"cannot read checkpoint {target}: {_first_line(error)}") from error
+            raise CheckpointError(f"cannot read checkpoint {target}: {first_line(error)}") from error
         if not isinstance(state, dict) or "fingerprint" not in state:
             raise CheckpointError(f"checkpoint {target} is not one falf_fx wrote (no model fingerprint); delete it "
                                   "or use another checkpoint_dir")

@@ -170,10 +170,11 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
     ``finetune_lr``; methods' own phases (FALF's auxiliary phase...) come on top and
     are reported apart.  Fine-tuning distils the original model's logits with weight
     ``distill`` (0: off; by default 0.5 for class logits, off for other outputs) at
-    ``distill_temperature``.  ``allocation`` shares a MACs goal between groups: ``uniform`` (the same share of every group), ``global`` or
-    ``cost`` (scores ranked across groups, ``cost`` per MAC saved); ``min_keep`` of
-    every group stays.  ``measure_latency=False`` leaves the CPU latency out of the
-    report (it costs seconds; tests and sweeps do not need it).
+    ``distill_temperature``.  ``allocation`` shares a MACs goal between groups:
+    ``uniform`` (the same share of every group), ``global`` or ``cost`` (scores ranked
+    across groups, ``cost`` per MAC saved); ``min_keep`` of every group stays.
+    ``measure_latency=False`` leaves the CPU latency out of the report (it costs
+    seconds; tests and sweeps do not need it).
     """
     _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocation, min_keep)
     pruner = copy.deepcopy(resolve_method(method))  # a method object is the caller's: a run never changes it
@@ -213,7 +214,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
         pruner.load_state(json.loads(state["method"]))
         if state["stopped"]:
             start_round = rounds
-        (current, per_module), analysis = cost_and_macs_by_module(gm, example), analyze_graph(gm)
+        current, per_module = cost_and_macs_by_module(gm, example)
     else:
         current = before
     kept_acc = next((r["accuracy"] for r in reversed(history) if r["kept"] and "accuracy" in r), base_acc)
@@ -222,6 +223,8 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
         if target_macs is not None and current.macs <= target_macs * before.macs * 1.001:
             break
         goal_macs = _round_goal(before.macs, current.macs, index, rounds, target_macs, step)
+        if analysis.graph_module is not gm:  # a kept round, or a resumed run: analyse the model the round cuts
+            analysis = analyze_graph(gm)
         round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, macs_to_remove=current.macs - goal_macs,
                        costs=channel_mac_costs(analysis, per_module), total_macs=current.macs,
                        target_macs=None if target_macs is None else target_macs * before.macs,
@@ -246,7 +249,6 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
         history.append(record)
         if record["kept"]:
             gm, current, per_module, kept_acc = candidate, candidate_cost, candidate_per_module, record.get("accuracy")
-            analysis = analyze_graph(gm)
         go_on = pruner.observe(record)
         if store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
             # the safe format (state dict + graph description), plain JSON for the rest, written atomically
@@ -265,7 +267,8 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
               "budget": _budget_report(budget, history, distillation, allocation, min_keep)}
     result = CompressResult(gm, report, history)
     if store is not None:
-        Path(store.directory, "report.json").write_text(json.dumps({**report, "history": history}, indent=1) + os.linesep)
+        report_json = json.dumps({**report, "history": history}, indent=1) + os.linesep
+        Path(store.directory, "report.json").write_text(report_json)
         _write_html_report(result, example, Path(store.directory, "report.html"), measure_latency)
     return result
 

@@ -4,7 +4,8 @@ from falf_fx.passes.plan import PlanError
 from falf_fx.passes.rewrite import SlimError
 from falf_fx.passes.shape_prop import ShapePropagationError
 
-__all__ = ["FalfError", "FalfTypeError", "FalfValueError", "TraceError", "PlanError", "SlimError", "ShapePropagationError", "EquivalenceError"]
+__all__ = ["first_line", "FalfError", "FalfTypeError", "FalfValueError", "TraceError", "PlanError", "SlimError",
+           "ShapePropagationError", "EquivalenceError"]
 
 
 class TraceError(FalfError):
@@ -13,3 +14,8 @@ class TraceError(FalfError):
 
 class EquivalenceError(FalfError, AssertionError):
     """The slim model does not compute what the masked original computes."""
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first non-empty line, or its type: what one-line messages quote of a cause."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

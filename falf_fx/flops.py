@@ -17,7 +17,8 @@ from falf_fx.passes.analysis import Analysis
 
 from .capture import as_input_tuple
 
-__all__ = ["Cost", "cost_and_macs_by_module", "count_cost", "latency_ms", "layer_widths", "macs_by_module", "prunable_macs_share"]
+__all__ = ["Cost", "cost_and_macs_by_module", "count_cost", "latency_ms", "layer_widths", "macs_by_module",
+           "prunable_macs_share"]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from torch import fx
 from falf_fx.passes.analysis import Analysis
 
 from .errors import FalfError
-from .text_report import FROZEN_COLOUR, NodeSummary, graph_nodes, group_colour, shape_label
+from .text_report import FROZEN_COLOUR, NodeSummary, dot_quote, graph_nodes, group_colour, shape_label
 
 __all__ = ["GraphView", "ModuleTree", "Scope", "render_views"]
 
@@ -70,6 +70,7 @@ class ModuleTree:
     def __init__(self, gm: fx.GraphModule, nodes: Sequence[NodeSummary], model_type: Optional[str] = None) -> None:
         self.root = Scope("", model_type or type(gm).__name__, 0)
         self.scope_of: dict[str, Scope] = {}  # fx node name -> its innermost scope
+        self.users: dict[str, list[str]] = defaultdict(list)  # fx node name -> the nodes that read it
         self.scopes: dict[str, Scope] = {"": self.root}
         summary = {n.name: n for n in nodes}
         for node in gm.graph.nodes:
@@ -82,6 +83,8 @@ class ModuleTree:
                 scope = self.scopes[path]
             scope.items.append(summary[node.name])
             self.scope_of[node.name] = scope
+            for source in summary[node.name].inputs:
+                self.users[source].append(node.name)
         self._count(self.root)
 
     def _count(self, scope: Scope) -> int:
@@ -131,10 +134,6 @@ def _open_scopes(scope: Scope, budget: int) -> set[str]:
     return opened
 
 
-def _dot_text(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
 def _short(node: NodeSummary, scope: Scope) -> str:
     name = node.target.split(" (")[0] if node.op == "call_module" else node.name
     if node.op == "call_module" and scope.path and name.startswith(scope.path + "."):
@@ -180,7 +179,7 @@ class _ViewBuilder:
         return self.box_ids.setdefault(name, f"b{len(self.box_ids)}")
 
     def build(self) -> str:
-        self.lines = [f'digraph "{_dot_text(self.scope.title)}" {{', f'  id="{self.key}-graph";', "  rankdir=TB;",
+        self.lines = [f'digraph {dot_quote(self.scope.title)} {{', f'  id="{self.key}-graph";', "  rankdir=TB;",
                       "  nodesep=0.25; ranksep=0.3;",
                       '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica", '
                       'fontsize=10, height=0.3, margin="0.08,0.03"];',
@@ -198,9 +197,10 @@ class _ViewBuilder:
                 cid = self._id("c:" + item.path)
                 self.lines.append(f"{indent}subgraph cluster_{cid} {{")
                 href = self.view_keys.get(item.path)
-                self.lines.append(f'{indent}  id="{self.key}-{cid}"; class="module"; label="{_dot_text(item.title)}";'
+                self.lines.append(f'{indent}  id="{self.key}-{cid}"; class="module"; label={dot_quote(item.title)};'
                                   f' style="rounded,dashed"; color="#8899aa"; fontname="Helvetica"; fontsize=10;'
-                                  + (f' href="#{href}"; tooltip="open {_dot_text(item.path)} on its own";' if href else ""))
+                                  + (f' href="#{href}"; tooltip={dot_quote(f"open {item.path} on its own")};'
+                                     if href else ""))
                 self._items(item, indent + "  ")
                 self.lines.append(f"{indent}}}")
             else:
@@ -232,7 +232,7 @@ class _ViewBuilder:
         self.drawn_nodes.append(node.name)
         self.tooltips[bid] = "\n".join(tip)
         self.lines.append(f'{indent}{bid} [id="{self.key}-{node.name}", class="{" ".join(classes)}", '
-                          f'label="{_dot_text(chr(10).join(label))}", fillcolor="{fill}", style="{style}"];')
+                          f'label={dot_quote(chr(10).join(label))}, fillcolor="{fill}", style="{style}"];')
 
     def _collapsed(self, scope: Scope, indent: str) -> None:
         bid = self._id("s:" + scope.path)
@@ -240,27 +240,22 @@ class _ViewBuilder:
         name = scope.path.rpartition(".")[2] if self.scope.path else scope.path
         label = f"{name}\n{scope.type_name}\n{scope.size} ops ▸"
         self.tooltips[bid] = f"{scope.title}: {scope.size} fx nodes; click to open"
-        self.lines.append(f'{indent}{bid} [id="{self.key}-m-{bid}", class="module collapsed", label="{_dot_text(label)}", '
+        self.lines.append(f'{indent}{bid} [id="{self.key}-m-{bid}", class="module collapsed", '
+                          f'label={dot_quote(label)}, '
                           f'shape=box3d, style=filled, fillcolor="{_COLLAPSED_FILL}"'
                           + (f', href="#{href}"' if href else "") + "];")
 
     def _edges(self) -> None:
         inner, outer_in, outer_out = set(), defaultdict(set), defaultdict(set)
-        names = [n for n, s in self.tree.scope_of.items() if self.scope in self.tree.ancestors(n)]
-        nodes = {n.name: n for n in _iter_nodes(self.scope)}
-        users: dict[str, list[str]] = defaultdict(list)
-        for summary in _iter_nodes(self.tree.root):
-            for source in summary.inputs:
-                users[source].append(summary.name)
-        for name in names:
-            dst = self.box_of(name)
-            for source in nodes[name].inputs:
+        for node in _iter_nodes(self.scope):
+            name, dst = node.name, self.box_of(node.name)
+            for source in node.inputs:
                 src = self.box_of(source)
                 if src is None:
                     outer_in[dst].add(source)
                 elif src != dst:
                     inner.add((src, dst))
-            for user in users[name]:
+            for user in self.tree.users[name]:
                 if self.box_of(user) is None:
                     outer_out[dst].add(user)
         self._outside(outer_in, "from", incoming=True)
@@ -290,7 +285,7 @@ class _ViewBuilder:
         shown = outside[:_EXTERNAL_CAP]
         merged = f"x{word}_more"
         for name in shown:
-            self.lines.append(f'  x{word}_{name} [label="{word} {_dot_text(name)}", shape=plaintext, style="", '
+            self.lines.append(f'  x{word}_{name} [label={dot_quote(f"{word} {name}")}, shape=plaintext, style="", '
                               f'fontcolor="#666666"];')
         if len(outside) > len(shown):
             self.lines.append(f'  {merged} [label="{word} {len(outside) - len(shown)} more outside", '

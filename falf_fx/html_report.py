@@ -30,7 +30,7 @@ from .compress import CompressResult
 from .flops import count_cost, latency_ms, layer_widths
 from .errors import FalfTypeError
 from .graph_views import GraphView, render_views
-from .text_report import CONVENTION, GroupsReport, group_colour
+from .text_report import CONVENTION, GroupsReport, group_colour, si
 
 __all__ = ["ReportError", "report"]
 
@@ -60,23 +60,14 @@ def _frozen_channels(analysis: Analysis) -> dict[str, int]:
     return counts
 
 
-def _si(n: Optional[float], unit: str = "") -> str:
-    if n is None:
-        return "–"
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {suffix}{unit}"
-    return f"{n:g} {unit}".strip()
-
-
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
 def _cost_rows(before: Mapping[str, Any], after: Optional[Mapping[str, Any]]) -> str:
     rows = []
-    specs = (("Accuracy", "accuracy", lambda v: f"{v:.4f}"), ("MACs", "macs", _si), ("FLOPs", "flops", _si),
-             ("Parameters", "params", _si), ("CPU latency", "latency_ms", lambda v: f"{v:.2f} ms"))
+    specs = (("Accuracy", "accuracy", lambda v: f"{v:.4f}"), ("MACs", "macs", si), ("FLOPs", "flops", si),
+             ("Parameters", "params", si), ("CPU latency", "latency_ms", lambda v: f"{v:.2f} ms"))
     for label, key, fmt in specs:
         b = before.get(key)
         a = after.get(key) if after else None
@@ -116,10 +107,7 @@ def _group_rows(groups: GroupsReport, views: tuple[GraphView, ...]) -> str:
 
 
 def _frozen_list(groups: GroupsReport) -> str:
-    by_reason: dict[str, list] = {}
-    for g in groups.groups:
-        for reason in g.frozen_reasons:
-            by_reason.setdefault(reason, []).append(g)
+    by_reason = groups.by_reason()
     if not by_reason and not groups.auto_leaves:
         return "<p>Nothing is frozen: every channel group may be pruned.</p>"
     items = []
@@ -157,7 +145,8 @@ def _history_rows(history: list[dict[str, Any]]) -> str:
     for h in history:
         kept = h.get("kept", True)
         accuracy = f"{h['accuracy']:.4f}" if h.get("accuracy") is not None else "–"
-        rows.append(f"<tr class='round{'' if kept else ' undone'}'><td>{h['round']}</td><td>{h['channels_removed']}</td>"
+        rows.append(f"<tr class='round{'' if kept else ' undone'}'><td>{h['round']}</td>"
+                    f"<td>{h['channels_removed']}</td>"
                     f"<td>{h['macs_ratio']:.4f}</td><td>{accuracy}</td><td>{'kept' if kept else 'undone'}</td>"
                     f"<td>{h.get('finetune_epochs', '–')}</td></tr>")
     return ("<table class='history'><tr><th>Round</th><th>Channels removed</th><th>MACs kept</th><th>Accuracy</th>"
@@ -192,7 +181,8 @@ def _page(title: str, summary: str, sections: list[str], has_run: bool) -> str:
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
             f"<style>{css}</style></head><body><header><h1>{_e(title)}</h1>{summary}"
-            "<nav><a href='#costs'>Costs</a> " + ("<a href='#run'>Run</a> " if has_run else "") + "<a href='#graph'>Graph</a> "
+            "<nav><a href='#costs'>Costs</a> " + ("<a href='#run'>Run</a> " if has_run else "")
+            + "<a href='#graph'>Graph</a> "
             "<a href='#groups'>Channel groups</a> <a href='#frozen'>Frozen</a> <a href='#widths'>Layer widths</a></nav>"
             f"</header><main>{''.join(sections)}</main><footer>Written by falf_fx {_version()} with torch "
             f"{torch.__version__} on {_e(platform.machine())}; {_e(CONVENTION)}. Graph layout: Graphviz dot; "
@@ -209,7 +199,8 @@ def _summary(name: str, shape: tuple[int, ...], groups: GroupsReport) -> str:
     prunable = sum(g.prunable > 0 for g in groups.groups)
     frozen = len(groups.groups) - prunable
     return (f"<p class='summary'>falf_fx found <b>{len(groups.groups)} channel groups</b> in {_e(name)} at input "
-            f"{'×'.join(map(str, shape))}: <b>{prunable} can be pruned</b>, {frozen} {'is' if frozen == 1 else 'are'} frozen. "
+            f"{'×'.join(map(str, shape))}: <b>{prunable} can be pruned</b>, "
+            f"{frozen} {'is' if frozen == 1 else 'are'} frozen. "
             "A channel group is a set of channels that must be removed together, such as a residual stream "
             "that every block adding to it shares. The layers a prunable group can slim hold "
             f"<b>{groups.prunable_macs_share:.1%} of the MACs</b>.</p>"

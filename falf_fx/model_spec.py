@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FalfValueError
+from .errors import FalfValueError, first_line
 
 __all__ = ["ModelSpecError", "load_model"]
 
@@ -49,9 +49,9 @@ def _load_file(path: Path) -> nn.Module:
         return load(path, map_location="cpu")
     except ValueError as error:
         if f"is not a {FORMAT} file" not in str(error):
-            raise ModelSpecError(f"cannot load model file '{path}': {_first_line(error)}") from error
+            raise ModelSpecError(f"cannot load model file '{path}': {first_line(error)}") from error
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise ModelSpecError(f"cannot load model file '{path}': {_first_line(error)}") from error
+        raise ModelSpecError(f"cannot load model file '{path}': {first_line(error)}") from error
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - a pickle of a module, or not a torch file at all
@@ -69,7 +69,7 @@ def _call_factory(spec: str, module_name: str, attr_path: str, args_text: str | 
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # noqa: BLE001 - ModuleNotFoundError or the module's own import failure
-        raise ModelSpecError(f"cannot import module '{module_name}': {_first_line(error)}") from error
+        raise ModelSpecError(f"cannot import module '{module_name}': {first_line(error)}") from error
     target: Any = module
     for part in attr_path.split("."):
         if not hasattr(target, part):
@@ -86,7 +86,7 @@ def _call_factory(spec: str, module_name: str, attr_path: str, args_text: str | 
         model = target(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 - the factory rejected the arguments or failed to build
         raise ModelSpecError(f"{module_name}:{attr_path}(...) failed: {type(error).__name__}: "
-                             f"{_first_line(error)}") from error
+                             f"{first_line(error)}") from error
     return _require_module(model, f"{module_name}:{attr_path}()")
 
 
@@ -112,6 +112,3 @@ def _require_module(obj: Any, where: str) -> nn.Module:
     return obj
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

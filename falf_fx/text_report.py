@@ -23,7 +23,7 @@ from falf_fx.passes.analysis import Analysis, ChannelGroup
 from .capture import as_input_tuple
 from .flops import Cost, count_cost, macs_by_module
 
-__all__ = ["CONVENTION", "FROZEN_COLOUR", "compress_table", "group_colour", "shape_label", "CostReport", "GroupSummary", "GroupsReport", "NodeSummary", "graph_nodes",
+__all__ = ["CONVENTION", "FROZEN_COLOUR", "compress_table", "dot_quote", "group_colour", "shape_label", "si", "CostReport", "GroupSummary", "GroupsReport", "NodeSummary", "graph_nodes",
            "graph_json", "graph_table", "to_dot"]
 
 CONVENTION = "MACs = multiply-accumulates as counted by fvcore; FLOPs = 2 x MACs"
@@ -38,7 +38,8 @@ def group_colour(group_id: int) -> str:
     return _PALETTE[group_id % len(_PALETTE)]
 
 
-def _si(n: float) -> str:
+def si(n: float) -> str:
+    """12345678 -> '12.35 M': the SI prefix every table and the HTML report use."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
@@ -87,14 +88,14 @@ class CostReport:
             table.add_column("Exact", justify="right", style="dim")
             for label, key in rows:
                 value = getattr(self.before, key)
-                table.add_row(label, _si(value), f"{value:,}")
+                table.add_row(label, si(value), f"{value:,}")
             return table
         for name in ("Before", "After", "After / before"):
             table.add_column(name, justify="right")
         ratios = self.ratios()
         for label, key in rows:
             r = ratios[key]
-            table.add_row(label, _si(getattr(self.before, key)), _si(getattr(self.after, key)),
+            table.add_row(label, si(getattr(self.before, key)), si(getattr(self.after, key)),
                           f"{r:.3f} ({(r - 1) * 100:+.1f}%)")
         return table
 
@@ -165,7 +166,7 @@ class GroupsReport:
         prunable = sum(g.prunable > 0 for g in self.groups)
         headline = Text.assemble(
             (self.model, "bold"), f" at input {_shape_text(self.input_shape)}: {len(self.groups)} channel groups, ",
-            (f"{prunable} prunable", "green"), f"; {_si(self.cost.macs)} MACs, {_si(self.cost.params)} parameters; ",
+            (f"{prunable} prunable", "green"), f"; {si(self.cost.macs)} MACs, {si(self.cost.params)} parameters; ",
             f"layers a prunable group can slim hold {self.prunable_macs_share:.1%} of MACs")
         parts: list[Any] = [headline, self._table()]
         tree = self._frozen_tree()
@@ -189,11 +190,16 @@ class GroupsReport:
                           f"{g.macs_share:.1%}", Text("; ".join(g.frozen_reasons) or "-"))
         return table
 
-    def _frozen_tree(self) -> Optional[Tree]:
-        by_reason: dict[str, list[GroupSummary]] = defaultdict(list)
+    def by_reason(self) -> dict[str, list[GroupSummary]]:
+        """The groups with frozen channels, under each reason (in first-seen order)."""
+        found: dict[str, list[GroupSummary]] = defaultdict(list)
         for g in self.groups:
             for reason in g.frozen_reasons:
-                by_reason[reason].append(g)
+                found[reason].append(g)
+        return dict(found)
+
+    def _frozen_tree(self) -> Optional[Tree]:
+        by_reason = self.by_reason()
         if not by_reason and not self.auto_leaves:
             return None
         tree = Tree("[bold]Frozen channels, by reason[/bold]")
@@ -290,7 +296,8 @@ def graph_table(model: str, nodes: Sequence[NodeSummary]) -> Table:
     return table
 
 
-def _dot_quote(text: str) -> str:
+def dot_quote(text: str) -> str:
+    """A DOT string literal: quotes and backslashes escaped, newlines as DOT line breaks."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
@@ -300,7 +307,7 @@ def to_dot(analysis: Analysis, name: str = "model") -> str:
     Nodes whose groups are all frozen are grey and dashed; nodes with no group are white.
     """
     frozen = {g.id for g in analysis.groups if not g.prunable}
-    lines = [f"digraph {_dot_quote(name)} {{", "  rankdir=TB;",
+    lines = [f"digraph {dot_quote(name)} {{", "  rankdir=TB;",
              '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica", fontsize=10];']
     for node in graph_nodes(analysis):
         label = f"{node.name}\n{node.op}: {node.target}"
@@ -314,8 +321,8 @@ def to_dot(analysis: Analysis, name: str = "model") -> str:
             else:
                 first = next(g for g in node.groups if g not in frozen)
                 attrs = f', fillcolor="{group_colour(first)}"'
-        lines.append(f"  {_dot_quote(node.name)} [label={_dot_quote(label)}{attrs}];")
-        lines.extend(f"  {_dot_quote(src)} -> {_dot_quote(node.name)};" for src in node.inputs)
+        lines.append(f"  {dot_quote(node.name)} [label={dot_quote(label)}{attrs}];")
+        lines.extend(f"  {dot_quote(src)} -> {dot_quote(node.name)};" for src in node.inputs)
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -330,7 +337,7 @@ def compress_table(report: dict[str, Any], title: str = "compress") -> Table:
         table.add_row("Accuracy", f"{before['accuracy']:.4f}", f"{after['accuracy']:.4f}",
                       f"{after['accuracy'] - before['accuracy']:+.4f}")
     for label, key in (("MACs", "macs"), ("FLOPs", "flops"), ("Parameters", "params")):
-        table.add_row(label, _si(before[key]), _si(after[key]), f"{after[key] / before[key]:.3f}")
+        table.add_row(label, si(before[key]), si(after[key]), f"{after[key] / before[key]:.3f}")
     table.add_row("CPU latency (ms)", f"{before['latency_ms']:.3f}", f"{after['latency_ms']:.3f}",
                   f"{after['latency_ms'] / before['latency_ms']:.3f}")
     return table

@@ -98,8 +98,8 @@ class HetConv2d(nn.Module):
         padding = _reach(kernel, dilation) if padding is None else _pair(padding)
         pointwise_padding = tuple(pad - r for pad, r in zip(padding, _reach(kernel, dilation)))
         if min(pointwise_padding) < 0:
-            raise FalfValueError(f"padding {padding} is smaller than the kernel's half-width {_reach(kernel, dilation)}: "
-                             "the centre taps are not input pixels")
+            raise FalfValueError(f"padding {padding} is smaller than the kernel's half-width "
+                                 f"{_reach(kernel, dilation)}: the centre taps are not input pixels")
         self.in_channels, self.out_channels, self.p = in_channels, out_channels, p
         factory = {"device": device, "dtype": dtype}
         self.spatial = nn.Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, groups=p,

@@ -39,8 +39,8 @@ def reshape_chunks(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tu
                 p_out *= out_shape[j]
                 j += 1
             else:
-                raise RuntimeError(f"internal: reshape from {tuple(in_shape)} to {tuple(out_shape)} changes the number of "
-                                   "elements")
+                raise RuntimeError(f"internal: reshape from {tuple(in_shape)} to {tuple(out_shape)} changes the "
+                                   "number of elements")
         chunks.append((range(i0, i), range(j0, j)))
     return chunks
 

@@ -211,14 +211,9 @@ def slim_graph_module(gm: fx.GraphModule, plan: PruningPlan, verify: bool = True
         try:
             propagate_shapes(slim, fake_inputs_like(gm))
         except ShapePropagationError as error:  # the original ran on these inputs: the rewrite is at fault
-            raise SlimError(f"the slim model does not run where the original did: {_after_colon(error)}; this is a "
+            raise SlimError(f"the slim model does not run where the original did: {error.failure}; this is a "
                             "falf_fx bug (an op whose sizes the rewrite did not follow), please report it with the "
                             "model; meanwhile ignore=[...] naming the module keeps its channels") from error
         _check_shapes(slim, expected)
     return slim
 
-
-def _after_colon(error: Exception) -> str:
-    """The failing node and message of a ShapePropagationError, without its blame on the inputs."""
-    text = str(error)
-    return text.split(": ", 1)[1] if text.startswith("the model does not run") and ": " in text else text

@@ -29,7 +29,15 @@ __all__ = ["ShapePropagationError", "propagate_shapes", "fake_inputs_like"]
 
 
 class ShapePropagationError(FalfError, RuntimeError):
-    """The model cannot run on the given example inputs; names the node that failed."""
+    """The model cannot run on the given example inputs; names the node that failed.
+
+    ``failure`` is that part alone (the node and what it raised), for callers that know
+    the inputs are not to blame.
+    """
+
+    def __init__(self, message: str, failure: str = "") -> None:
+        super().__init__(message)
+        self.failure = failure or message
 
 
 def fake_inputs_like(gm: fx.GraphModule) -> list[torch.Tensor]:
@@ -382,9 +390,9 @@ def _propagate_fallback(gm: fx.GraphModule, example_inputs: Sequence[torch.Tenso
         data_dependent = "data-dependent" in str(fake_error).lower() or "DataDependent" in type(fake_error).__name__
         if not data_dependent:
             shapes = ", ".join(str(tuple(t.shape)) for t in example_inputs if isinstance(t, torch.Tensor))
-            raise ShapePropagationError(
-                f"the model does not run on example inputs of shape {shapes}: {_failing_node(gm, fake_error)} "
-                f"failed with: {str(fake_error).splitlines()[0]}") from fake_error
+            failure = f"{_failing_node(gm, fake_error)} failed with: {str(fake_error).splitlines()[0]}"
+            raise ShapePropagationError(f"the model does not run on example inputs of shape {shapes}: {failure}",
+                                        failure) from fake_error
     warnings.warn("falf_fx: a leaf module reads tensor values; shapes were propagated on real tensors",
                   stacklevel=3)
     _clear(gm)

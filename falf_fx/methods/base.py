@@ -9,7 +9,7 @@ fine-tune, measure, checkpoint, stop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Protocol, runtime_checkable
+from typing import Any, ClassVar, Optional, Protocol
 
 import numpy as np
 import torch
@@ -87,7 +87,6 @@ class Proposal:
     record: dict[str, Any] = field(default_factory=dict)  # extra history fields (thresholds, lambdas...)
 
 
-@runtime_checkable
 class PruningMethod(Protocol):
     """What ``compress(method=...)`` takes: one of ours (``falf_fx.methods.FALF(aux_epochs=2)``) or your own.
 

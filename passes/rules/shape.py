@@ -79,7 +79,7 @@ def _tie_sizes_read_elsewhere(ctx: RuleContext, sizes: Optional[list], out: Layo
     """
     if sizes is None:
         return
-    lineage = _ancestors(ctx.node.args[0])
+    lineage: Optional[set[str]] = None  # walked only for a size that carries channels
     for d, size in enumerate(sizes):
         count = ctx.counts.get(size) if isinstance(size, fx.Node) else None
         if isinstance(count, tuple):  # x.view(y.size()): one value holds every size
@@ -87,6 +87,7 @@ def _tie_sizes_read_elsewhere(ctx: RuleContext, sizes: Optional[list], out: Layo
         parts = [a for a in getattr(count, "atoms", ()) if a.size]
         if not parts:
             continue
+        lineage = lineage if lineage is not None else _ancestors(ctx.node.args[0])
         if count.sources <= lineage:
             continue
         read = np.concatenate([a.ravel() for a in parts])
