@@ -14,7 +14,7 @@ from torch import fx, nn
 from torch.fx.proxy import ParameterProxy
 
 from falf_fx.passes.analysis import AUTO_LEAVES_KEY
-from falf_fx.passes.normalize_args import calls_to_normalize, normalize_arguments
+from falf_fx.passes.normalize_args import calls_to_normalize, normalize_arguments, normalize_graph
 from falf_fx.passes.shape_prop import propagate_shapes
 
 from .errors import FalfTypeError, TraceError
@@ -141,6 +141,7 @@ def _symbolic_trace(model: nn.Module, leaf_modules: Iterable[LeafSpec],
             auto[where] = message
             warnings.warn(f"falf_fx: submodule '{where}' cannot be traced ({message}; {_user_frame(error)}); "
                           "it is kept as a leaf and its channels are frozen", stacklevel=3)
+    normalize_graph(graph, tracer.root)  # one spelling per op: both halves of every rule read the same arguments
     name = model.__class__.__name__
     gm = fx.GraphModule(tracer.root, graph, name)
     gm.meta[AUTO_LEAVES_KEY] = auto
@@ -221,11 +222,11 @@ def _attributes_kept(model: nn.Module) -> Iterator[None]:
 def _trace(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec],
            concrete_args: Optional[dict[str, Any]]) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule) and not leaf_modules and concrete_args is None:
-        gm = copy.deepcopy(model) if calls_to_normalize(model) else model  # the caller's graph stays as written
+        gm = copy.deepcopy(model) if calls_to_normalize(model.graph, model) else model  # the caller's stays as written
         gm.meta.setdefault(AUTO_LEAVES_KEY, {})
+        normalize_arguments(gm)
     else:
         gm = _symbolic_trace(model, leaf_modules, concrete_args)
-    normalize_arguments(gm)  # one spelling per op: both halves of every rule read the same arguments
     gm.train(model.training)
     propagate_shapes(gm, inputs)
     return gm

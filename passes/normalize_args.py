@@ -23,7 +23,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .rule_registry import rule_for
 
-__all__ = ["NormalizeArguments", "calls_to_normalize", "normalize_arguments"]
+__all__ = ["NormalizeArguments", "calls_to_normalize", "normalize_arguments", "normalize_graph"]
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -84,11 +84,11 @@ def _normalized(node: fx.Node, modules: Mapping[str, nn.Module]) -> Optional[tup
     return None if (args, kwargs) == (node.args, dict(node.kwargs)) else (args, kwargs)
 
 
-def calls_to_normalize(gm: fx.GraphModule) -> list[tuple[fx.Node, tuple[tuple, dict]]]:
+def calls_to_normalize(graph: fx.Graph, root: nn.Module) -> list[tuple[fx.Node, tuple[tuple, dict]]]:
     """Every call with a rule that is not in its one spelling yet, with that spelling."""
-    modules = dict(gm.named_modules(remove_duplicate=False))
+    modules = dict(root.named_modules(remove_duplicate=False))
     found = []
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         if node.op in ("call_function", "call_method", "call_module") and rule_for(node, modules) is not None:
             spelling = _normalized(node, modules)
             if spelling is not None:
@@ -96,14 +96,21 @@ def calls_to_normalize(gm: fx.GraphModule) -> list[tuple[fx.Node, tuple[tuple, d
     return found
 
 
-def normalize_arguments(gm: fx.GraphModule) -> bool:
-    """Rewrite every call with a rule to its one spelling; True if any changed (the module is recompiled)."""
-    calls = calls_to_normalize(gm)
+def normalize_graph(graph: fx.Graph, root: nn.Module) -> bool:
+    """Rewrite every call with a rule to its one spelling, on a graph before it becomes a GraphModule
+    (``trace`` does it there, so the module compiles once); True if any call changed."""
+    calls = calls_to_normalize(graph, root)
     for node, (args, kwargs) in calls:
         node.args, node.kwargs = args, kwargs
-    if calls:
-        gm.recompile()
     return bool(calls)
+
+
+def normalize_arguments(gm: fx.GraphModule) -> bool:
+    """:func:`normalize_graph` on a GraphModule's graph, recompiled if anything changed."""
+    changed = normalize_graph(gm.graph, gm)
+    if changed:
+        gm.recompile()
+    return changed
 
 
 class NormalizeArguments(PassBase):
