@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import traceback
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,6 +17,7 @@ from falf_fx.passes.normalize_args import calls_to_normalize, normalize_argument
 from falf_fx.passes.shape_prop import propagate_shapes
 
 from .errors import FalfTypeError, TraceError
+from .guarded_trace import GuardedTracer
 
 __all__ = ["trace", "as_input_tuple"]
 
@@ -33,12 +33,13 @@ def as_input_tuple(example_inputs: Any) -> tuple:
                     f"not {type(example_inputs).__name__}")
 
 
-class _LeafTracer(fx.Tracer):
+class _LeafTracer(GuardedTracer):
     """A tracer that knows extra leaves and remembers which module it was inside when it failed."""
 
-    def __init__(self, leaves: frozenset[str] = frozenset(), leaf_types: tuple[type, ...] = (),
+    def __init__(self, example_inputs: tuple = (), fixed: Optional[dict[str, Any]] = None,
+                 leaves: frozenset[str] = frozenset(), leaf_types: tuple[type, ...] = (),
                  leaf_ids: frozenset[int] = frozenset()) -> None:  # defaults: torch.load re-creates it bare
-        super().__init__()
+        super().__init__(example_inputs, fixed)
         self.leaves, self.leaf_types, self.leaf_ids = leaves, leaf_types, leaf_ids
         self.stack: list[str] = []
         self.failed_in: Optional[str] = None
@@ -63,6 +64,8 @@ class _LeafTracer(fx.Tracer):
         return None
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self._evaluating:
+            return attr_val
         name = self._name_of(attr_val, self.proxy_buffer_attributes) if isinstance(attr_val, torch.Tensor) else None
         if name is None:
             return super().getattr(attr, attr_val, parameter_proxy_cache)
@@ -85,6 +88,8 @@ class _LeafTracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
+        if self._evaluating:  # a leaf's own submodules, run for its meta value
+            return forward(*args, **kwargs)
         qualname = self.path_of_module(m)
         self.stack.append(qualname)
         try:
@@ -121,14 +126,14 @@ def _split_leaves(leaf_modules: Iterable[LeafSpec]) -> tuple[set[str], tuple[typ
     return names, tuple(types), ids
 
 
-def _symbolic_trace(model: nn.Module, leaf_modules: Iterable[LeafSpec],
+def _symbolic_trace(model: nn.Module, inputs: tuple, leaf_modules: Iterable[LeafSpec],
                     concrete_args: Optional[dict[str, Any]]) -> fx.GraphModule:
     names, types, ids = _split_leaves(leaf_modules)
     auto: dict[str, str] = {}
     while True:
-        tracer = _LeafTracer(names | set(auto), types, ids)
+        tracer = _LeafTracer(inputs, concrete_args, names | set(auto), types, ids)
         try:
-            graph = tracer.trace(model, concrete_args=concrete_args)
+            graph = tracer.trace(model)
             break
         except Exception as error:  # noqa: BLE001 - turned into a leaf or a TraceError below
             where = tracer.failed_in
@@ -145,37 +150,7 @@ def _symbolic_trace(model: nn.Module, leaf_modules: Iterable[LeafSpec],
     name = model.__class__.__name__
     gm = fx.GraphModule(tracer.root, graph, name)
     gm.meta[AUTO_LEAVES_KEY] = auto
-    if concrete_args:
-        _specialize(gm, model, concrete_args)
     return gm
-
-
-def _specialize(gm: fx.GraphModule, model: nn.Module, concrete_args: dict[str, Any]) -> None:
-    """Drop the inputs fixed by ``concrete_args``: fx keeps them as placeholders feeding only guards.
-
-    The trace already used their values, so the placeholders (whose defaults are the
-    forward's own, not the fixed values: calling with the example inputs alone trips the
-    guards) and the guards on them go, and the GraphModule takes the remaining inputs.
-    """
-    names = [n for n in inspect.signature(model.forward).parameters if n != "self"]
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    fixed = [node for name, node in zip(names, placeholders) if name in concrete_args]
-    doomed: list[fx.Node] = []
-    frontier = list(fixed)
-    while frontier:
-        node = frontier.pop()
-        if node not in doomed:
-            doomed.append(node)
-            frontier.extend(node.users)
-    guards = (torch._assert, torch.fx._symbolic_trace._assert_is_none)
-    if any(n.op != "placeholder" and n.target not in guards and not all(u in doomed for u in n.users)
-           for n in doomed) or any(n.op == "output" for n in doomed):
-        return  # a fixed input that still reaches the computation: keep it as traced
-    position = {node: i for i, node in enumerate(gm.graph.nodes)}
-    for node in sorted(doomed, key=position.__getitem__, reverse=True):  # users before what they use
-        gm.graph.erase_node(node)
-    gm.graph.lint()
-    gm.recompile()
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafSpec] = (),
@@ -226,7 +201,7 @@ def _trace(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec],
         gm.meta.setdefault(AUTO_LEAVES_KEY, {})
         normalize_arguments(gm)
     else:
-        gm = _symbolic_trace(model, leaf_modules, concrete_args)
+        gm = _symbolic_trace(model, inputs, leaf_modules, concrete_args)
     gm.train(model.training)
     propagate_shapes(gm, inputs)
     return gm

@@ -10,6 +10,7 @@ hyper-parameters, functions of ``torch``, ``torch.nn.functional``, ``operator``,
 from __future__ import annotations
 
 import builtins
+import importlib
 import inspect
 import math
 import operator
@@ -32,7 +33,7 @@ FORMAT = "falf_fx.graph/1"
 PathLike = Union[str, os.PathLike, BinaryIO]
 
 _ROOT_CLASS = "torch.fx.GraphModule"
-_NAMESPACES = ("torch.nn.functional", "torchvision.ops", "operator", "builtins", "torch", "math")
+_NAMESPACES = ("torch.nn.functional", "torchvision.ops", "torch.linalg", "operator", "builtins", "torch", "math")
 _TORCH_PYTHON_FUNCTIONS = frozenset({"_assert", "is_tensor", "sym_float", "sym_int", "sym_ite", "sym_max",
                                      "sym_min", "sym_not", "sym_sqrt", "sym_sum"})
 _REFUSED = frozenset({"torch.from_file", "operator.call"})
@@ -53,7 +54,7 @@ def _namespace(name: str) -> types.ModuleType:
         import torchvision.ops
         return torchvision.ops
     return {"torch.nn.functional": torch.nn.functional, "operator": operator, "builtins": builtins,
-            "torch": torch, "math": math}[name]
+            "torch": torch, "math": math, "torch.linalg": torch.linalg}[name]
 
 
 def _allowed(namespace: str, attr: str, obj: Any) -> bool:
@@ -71,16 +72,43 @@ def _allowed(namespace: str, attr: str, obj: Any) -> bool:
         return module == "torch.functional" or attr in _TORCH_PYTHON_FUNCTIONS
     if namespace == "torch.nn.functional":
         return module == "torch.nn.functional"
+    if namespace == "torch.linalg":
+        return False  # its public functions are builtins (above)
     return namespace == "torchvision.ops" and module.startswith("torchvision.ops")
+
+
+def _public_name(namespace: str, fn: Any) -> Optional[str]:
+    """The name under which ``namespace`` exposes ``fn`` (``torch.linalg.vector_norm`` is a builtin named
+    ``linalg_vector_norm``)."""
+    attr = getattr(fn, "__name__", None)
+    space = _namespace(namespace)
+    if attr and getattr(space, attr, None) is fn:
+        return attr
+    if namespace == "torch.linalg":
+        return next((name for name, obj in vars(space).items() if obj is fn), None)
+    return None
+
+
+# Hugging Face models return ModelOutput dataclasses; a graph may build one (and nothing else of transformers).
+_OUTPUT_CLASSES = ("transformers.", "transformers.utils.generic", "ModelOutput")
+
+
+def _is_output_class(cls: Any) -> bool:
+    prefix, module, name = _OUTPUT_CLASSES
+    return isinstance(cls, type) and cls.__module__.startswith(prefix) and \
+        any(base.__module__ == module and base.__name__ == name for base in cls.__mro__[1:])
 
 
 def _function_name(fn: Any, where: str) -> str:
     """The allowlisted dotted name that resolves back to ``fn`` itself."""
-    for namespace in ("torch", "torch.nn.functional", "operator", "math", "torchvision.ops", "builtins"):
+    if _is_output_class(fn) and "." not in fn.__qualname__:
+        return f"{fn.__module__}.{fn.__qualname__}"
+    for namespace in ("torch", "torch.nn.functional", "torch.linalg", "operator", "math", "torchvision.ops",
+                      "builtins"):
         if namespace == "torchvision.ops" and "torchvision" not in (getattr(fn, "__module__", "") or ""):
             continue
-        attr = getattr(fn, "__name__", None)
-        if attr and getattr(_namespace(namespace), attr, None) is fn and _allowed(namespace, attr, fn):
+        attr = _public_name(namespace, fn)
+        if attr and _allowed(namespace, attr, fn):
             return f"{namespace}.{attr}"
     raise FalfValueError(f"{where} calls {getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)!s}, which "
                      "is not an allowlisted function of torch, torch.nn.functional, operator, math or "
@@ -88,6 +116,14 @@ def _function_name(fn: Any, where: str) -> str:
 
 
 def _resolve_function(dotted: str) -> Any:
+    if dotted.startswith(_OUTPUT_CLASSES[0]):  # a ModelOutput class: its module is imported, nothing else runs
+        module, _, name = dotted.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError as error:
+            raise FalfValueError(f"this graph returns a {dotted}; install transformers to load it") from error
+        if _is_output_class(cls):
+            return cls
     for namespace in _NAMESPACES:
         attr = dotted[len(namespace) + 1:] if dotted.startswith(namespace + ".") else ""
         if attr.isidentifier():
@@ -226,6 +262,7 @@ class _Recorder:
         self.modules: dict[str, dict] = {"": {"class": _ROOT_CLASS, "kwargs": {}, "parameters": [], "buffers": []}}
         self.aliases: dict[str, str] = {}
         self.extra_tensors: dict[str, torch.Tensor] = {}
+        self.attributes: dict[str, dict[str, Any]] = {}  # plain attributes the constructor does not set
         self.seen = {id(gm): ""}
         self._children("", gm, nn.Module())
 
@@ -302,7 +339,9 @@ class _Recorder:
                 same = bool(value == rebuilt)
             except Exception:  # noqa: BLE001 - values that cannot be compared are not the same
                 same = False
-            if not same:
+            if not same and value is not _MISSING and "hook" not in key and key.isidentifier() and _is_plain(value):
+                self.attributes.setdefault(name, {})[key] = value  # a library's flag (_is_hf_initialized)
+            elif not same:
                 detail = ("has hooks (code), which plain data cannot hold" if "hook" in key else
                           f"has {key}={value!r} but its rebuilt copy has {key}="
                           f"{'(nothing)' if rebuilt is _MISSING else repr(rebuilt)}")
@@ -352,6 +391,7 @@ def to_plain(gm: fx.GraphModule) -> dict[str, Any]:
         "graph": _encode_graph(gm),
         "state_dict": gm.state_dict(),
         "extra_tensors": recorder.extra_tensors,
+        "attributes": recorder.attributes,
         "tied": tied,
         "frozen": [n for n, p in gm.named_parameters(remove_duplicate=False) if not p.requires_grad],
         "training": gm.training,
@@ -418,7 +458,7 @@ def _build_graph(data: dict, root: fx.GraphModule) -> fx.Graph:
 
 def _check_names(data: dict) -> None:
     paths = [*data["modules"], *data["aliases"], *data["aliases"].values(), *data["extra_tensors"],
-             *data["tied"], *data["tied"].values(), *data["frozen"], *data["modes"]]
+             *data["tied"], *data["tied"].values(), *data["frozen"], *data["modes"], *data.get("attributes", {})]
     paths += [p for entry in data["modules"].values() for p in (*entry["parameters"], *entry["buffers"])]
     for path in paths:
         if path:  # "" is the root
@@ -464,6 +504,12 @@ def from_plain(data: dict[str, Any]) -> fx.GraphModule:
         getattr(owner, kind)[attr] = getattr(source_owner, kind)[source_attr]
     for name in data["frozen"]:
         gm.get_parameter(name).requires_grad_(False)
+    for name, attributes in data.get("attributes", {}).items():
+        module = gm.get_submodule(name)
+        for key, value in attributes.items():
+            if not (isinstance(key, str) and key.isidentifier() and _is_plain(value)) or key in _OWN_STATE:
+                raise FalfValueError(f"malformed {FORMAT} file: refusing attribute {key!r} of module '{name}'")
+            setattr(module, key, value)
     gm.graph = _build_graph(data, gm)
     gm.train(data["training"])
     for name, training in data["modes"].items():

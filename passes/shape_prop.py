@@ -25,7 +25,8 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from .errors import FalfError
 from .modes import eval_mode
 
-__all__ = ["ShapePropagationError", "propagate_shapes", "fake_inputs_like"]
+__all__ = ["ShapePropagationError", "propagate_shapes", "fake_inputs_like", "meta_function_call", "meta_method_call",
+           "meta_module_call", "meta_tensors", "to_meta"]
 
 
 class ShapePropagationError(FalfError, RuntimeError):
@@ -57,7 +58,7 @@ def _meta_like(value: torch.Tensor) -> torch.Tensor:
     return _empty_meta(value)
 
 
-def _to_meta(value):
+def to_meta(value):
     """Every tensor in a (nested) value as a meta tensor of the same shape, strides and dtype."""
     return fx.node.map_aggregate(value, lambda v: _meta_like(v) if isinstance(v, torch.Tensor) else v)
 
@@ -67,7 +68,7 @@ class _RecordingInterpreter(fx.Interpreter):
 
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
-        n.meta["val"] = _to_meta(result)
+        n.meta["val"] = to_meta(result)
         return result
 
 
@@ -278,6 +279,34 @@ def _elementwise_result(target, args: tuple, kwargs: dict) -> Optional[torch.Ten
     return None
 
 
+def meta_module_call(module: nn.Module, forward, args: tuple, kwargs: dict):
+    """The result of a module call on meta operands (its parameters must be meta too: ``meta_tensors``)."""
+    shape_only = _SHAPE_ONLY.get(type(module))
+    if shape_only is not None and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+        return shape_only(module, args[0])
+    with torch.device("meta"):
+        return forward(*args, **kwargs)
+
+
+def meta_function_call(target, args: tuple, kwargs: dict):
+    """The result of a function call on meta operands, through a shape function where one is known."""
+    shape = _FUNCTION_SHAPES.get(target)
+    if shape is not None and (result := shape(*args, **kwargs)) is not None:
+        return result
+    if (result := _elementwise_result(target, args, kwargs)) is not None:
+        return result
+    with torch.device("meta"):
+        return target(*args, **kwargs)
+
+
+def meta_method_call(target: str, args: tuple, kwargs: dict):
+    """The result of ``args[0].target(*args[1:], **kwargs)`` on meta operands."""
+    if (result := _elementwise_result(target, args, kwargs)) is not None:
+        return result
+    with torch.device("meta"):
+        return getattr(args[0], target)(*args[1:], **kwargs)
+
+
 class _MetaInterpreter(_RecordingInterpreter):
     """Plain tensor attributes go to meta too; some modules get a shape function instead of a forward.
 
@@ -287,36 +316,23 @@ class _MetaInterpreter(_RecordingInterpreter):
     """
 
     def fetch_attr(self, target: str):
-        return _to_meta(super().fetch_attr(target))
+        return to_meta(super().fetch_attr(target))
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
-        shape_only = _SHAPE_ONLY.get(type(module))
-        if shape_only is not None and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
-            return shape_only(module, args[0])
-        with torch.device("meta"):
-            return super().call_module(target, args, kwargs)
+        return meta_module_call(module, module, args, kwargs)
 
     def call_function(self, target, args, kwargs):
-        shape = _FUNCTION_SHAPES.get(target)
-        if shape is not None and (result := shape(*args, **kwargs)) is not None:
-            return result
-        if (result := _elementwise_result(target, args, kwargs)) is not None:
-            return result
-        with torch.device("meta"):
-            return super().call_function(target, args, kwargs)
+        return meta_function_call(target, args, kwargs)
 
     def call_method(self, target, args, kwargs):
-        if (result := _elementwise_result(target, args, kwargs)) is not None:
-            return result
-        with torch.device("meta"):
-            return super().call_method(target, args, kwargs)
+        return meta_method_call(target, args, kwargs)
 
 
 @contextlib.contextmanager
-def _meta_tensors(gm: fx.GraphModule):
-    """Swap every parameter and buffer for a meta copy while the block runs (tied tensors stay tied)."""
-    saved = [(store, name, tensor) for module in gm.modules() for store in (module._parameters, module._buffers)
+def meta_tensors(root: nn.Module):
+    """Swap every parameter and buffer under ``root`` for a meta copy while the block runs (tied stay tied)."""
+    saved = [(store, name, tensor) for module in root.modules() for store in (module._parameters, module._buffers)
              for name, tensor in store.items() if tensor is not None]
     copies: dict[int, torch.Tensor] = {}
     try:
@@ -368,8 +384,8 @@ def _propagate_meta(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) 
     """True when the whole graph ran on meta tensors (nothing of the module's own is touched)."""
     _clear(gm)
     try:
-        with torch.no_grad(), _meta_tensors(gm):
-            _MetaInterpreter(gm).run(*_to_meta(list(example_inputs)))
+        with torch.no_grad(), meta_tensors(gm):
+            _MetaInterpreter(gm).run(*to_meta(list(example_inputs)))
         return True
     except Exception:  # noqa: BLE001 - an op without a meta kernel, or a leaf reading values: the fallbacks decide
         return False
@@ -384,7 +400,7 @@ def _propagate_fallback(gm: fx.GraphModule, example_inputs: Sequence[torch.Tenso
             FakeTensorProp(gm, mode).propagate(*fake)
         for node in gm.graph.nodes:
             if "val" in node.meta:
-                node.meta["val"] = _to_meta(node.meta["val"])
+                node.meta["val"] = to_meta(node.meta["val"])
         return
     except Exception as fake_error:  # noqa: BLE001 - retried for real below, reported if that fails too
         data_dependent = "data-dependent" in str(fake_error).lower() or "DataDependent" in type(fake_error).__name__
