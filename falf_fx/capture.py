@@ -1,11 +1,10 @@
 """Capture: torch.fx tracing with automatic leaves, then shapes on meta tensors."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import traceback
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -13,10 +12,13 @@ from torch import fx, nn
 from torch.fx.proxy import ParameterProxy
 
 from falf_fx.passes.analysis import AUTO_LEAVES_KEY
+from falf_fx.passes.modes import attributes_kept
 from falf_fx.passes.normalize_args import calls_to_normalize, normalize_arguments, normalize_graph
+from falf_fx.passes.shape_args import flatten_shape_arguments
 from falf_fx.passes.shape_prop import propagate_shapes
 
 from .errors import FalfTypeError, TraceError
+from . import guarded_trace
 from .guarded_trace import GuardedTracer
 
 __all__ = ["trace", "as_input_tuple"]
@@ -102,10 +104,13 @@ class _LeafTracer(GuardedTracer):
             self.stack.pop()
 
 
+_TRACER_FILE = guarded_trace.__file__
+
+
 def _user_frame(error: BaseException) -> str:
-    """The last source line of the user's code in the traceback (not torch's own)."""
+    """The last source line of the user's code in the traceback (not torch's or the tracer's own)."""
     frames = traceback.extract_tb(error.__traceback__)
-    user = [f for f in frames if "/torch/" not in f.filename.replace("\\", "/")]
+    user = [f for f in frames if "/torch/" not in f.filename.replace("\\", "/") and f.filename != _TRACER_FILE]
     frame = (user or frames)[-1] if frames else None
     if frame is None:
         return "unknown location"
@@ -164,34 +169,8 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafS
     """
     if not isinstance(model, nn.Module):
         raise FalfTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    with _attributes_kept(model):
+    with attributes_kept(model):
         return _trace(model, as_input_tuple(example_inputs), leaf_modules, concrete_args)
-
-
-@contextlib.contextmanager
-def _attributes_kept(model: nn.Module) -> Iterator[None]:
-    """Every module of ``model`` ends with the attributes it started with.
-
-    Tracing and shape propagation run the model's leaves on meta tensors; a leaf that
-    caches something built from its input (YOLO's Detect keeps its anchors) would keep
-    a meta tensor, and the user's model would no longer run.  The traced GraphModule
-    shares those modules, so it gets them back as they were too.
-    """
-    saved = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for module, attributes, parameters, buffers, children in saved:
-            for key in [k for k in vars(module) if k not in attributes]:
-                delattr(module, key)
-            for key, value in attributes.items():
-                if vars(module).get(key) is not value:
-                    vars(module)[key] = value
-            for registry, kept in ((module._parameters, parameters), (module._buffers, buffers),
-                                   (module._modules, children)):
-                if registry != kept or any(registry[k] is not v for k, v in kept.items()):
-                    registry.clear()
-                    registry.update(kept)
 
 
 def _trace(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec],
@@ -204,4 +183,5 @@ def _trace(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec],
         gm = _symbolic_trace(model, inputs, leaf_modules, concrete_args)
     gm.train(model.training)
     propagate_shapes(gm, inputs)
+    flatten_shape_arguments(gm)
     return gm

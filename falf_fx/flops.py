@@ -14,6 +14,7 @@ with warnings.catch_warnings():  # fvcore's import calls the deprecated torch.ji
     from fvcore.nn import FlopCountAnalysis
 
 from falf_fx.passes.analysis import Analysis
+from falf_fx.passes.modes import attributes_kept, eval_mode
 
 from .capture import as_input_tuple
 
@@ -47,14 +48,9 @@ def cost_and_macs_by_module(model: nn.Module, example_inputs: Any) -> tuple[Cost
     One fvcore trace gives both; compress needs the two after every round.
     """
     inputs = as_input_tuple(example_inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            counter = _analysis(model, inputs)
-            macs, counts = int(counter.total()), counter.by_module()
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), eval_mode(model), attributes_kept(model):
+        counter = _analysis(model, inputs)
+        macs, counts = int(counter.total()), counter.by_module()
     leaves = {name for name, m in model.named_modules() if not list(m.children())}
     return (Cost(macs, sum(p.numel() for p in model.parameters())),
             {name: int(v) for name, v in counts.items() if name in leaves})
@@ -90,13 +86,9 @@ def latency_ms(model: nn.Module, example_inputs: Any) -> float:
     """
     from torch.utils import benchmark
 
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model), attributes_kept(model):
         timer = benchmark.Timer(stmt="model(*x)", globals={"model": model, "x": as_input_tuple(example_inputs)})
-        latency = timer.blocked_autorange(min_run_time=0.2).median * 1e3
-    model.train(was_training)
-    return latency
+        return timer.blocked_autorange(min_run_time=0.2).median * 1e3
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:

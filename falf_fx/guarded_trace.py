@@ -83,21 +83,24 @@ class GuardedTracer(fx.Tracer):
 
     # -- inputs -------------------------------------------------------------------------------
     def create_args_for_root(self, root_fn: Callable, is_module: bool, concrete_args=None) -> tuple[Callable, list]:
+        if not self.example_values:  # re-created bare (torch.load of a pickled GraphModule retraces its code)
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
         signature = inspect.signature(inspect.unwrap(root_fn))
         parameters = list(signature.parameters.values())[1 if is_module else 0:]
-        names = []
+        placeholders = []
         for i in range(len(self.example_values)):
-            if i < len(parameters) and parameters[i].kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                            inspect.Parameter.POSITIONAL_OR_KEYWORD):
-                names.append(parameters[i].name)
-            else:
-                names.append(f"input_{i}")
-        placeholders = [self.create_proxy("placeholder", name, (), {}) for name in names]
+            named = i < len(parameters) and parameters[i].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                                 inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            annotation = parameters[i].annotation if named else inspect.Parameter.empty
+            placeholders.append(self.create_proxy(
+                "placeholder", parameters[i].name if named else f"input_{i}", (), {},
+                type_expr=None if annotation is inspect.Parameter.empty else annotation))
         fixed = self.fixed
 
         def call_with_examples(*args: Any) -> Any:
             return root_fn(*args, **fixed)
 
+        call_with_examples.__wrapped__ = root_fn  # fx reads the return annotation through it, as for the forward
         return call_with_examples, ([self.root] if is_module else []) + placeholders
 
     # -- values -------------------------------------------------------------------------------
@@ -176,7 +179,8 @@ class GuardedTracer(fx.Tracer):
             result = bool(value)
         except RuntimeError as error:  # a meta tensor's truth needs its data
             raise fx.proxy.TraceError(f"control flow on tensor data ('{obj.node.name}'): {error}") from error
-        self._guard(obj if result else self.create_proxy("call_function", operator.not_, (obj,), {}), result)
+        if not _compares_with_none(obj.node):  # `self.shape != shape` with no shape cached yet holds for any input
+            self._guard(obj if result else self.create_proxy("call_function", operator.not_, (obj,), {}), result)
         return result
 
     def concrete(self, obj: fx.Proxy, convert: Callable[[Any], Any]) -> Any:
@@ -230,6 +234,11 @@ class GuardedTracer(fx.Tracer):
             # Hugging Face's ModelOutput is a dict and a dataclass: fx would keep only a plain dict
             return self.create_node("call_function", type(a), (), {k: self.create_arg(v) for k, v in a.items()})
         return super().create_arg(a)
+
+
+def _compares_with_none(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in (operator.eq, operator.ne, operator.is_, operator.is_not) \
+        and any(a is None for a in node.args)
 
 
 def _tensors_in(value: Any) -> list[torch.Tensor]:

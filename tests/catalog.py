@@ -275,8 +275,8 @@ class GroupedAndDepthwise(nn.Module):
         return self.head(self.expand(y))
 
 
-class MatmulBoundary(nn.Module):
-    """torch.matmul is not understood: the channels reaching it are frozen."""
+class DistanceBoundary(nn.Module):
+    """torch.cdist is not understood: the channels reaching it are frozen."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -286,8 +286,8 @@ class MatmulBoundary(nn.Module):
         self.head = nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
-        attention = torch.matmul(self.q(x).flatten(2).transpose(1, 2), self.k(x).flatten(2))  # (N, HW, HW)
-        return self.head(torch.relu(self.free(x))), attention.mean()
+        distances = torch.cdist(self.q(x).flatten(2).transpose(1, 2), self.k(x).flatten(2).transpose(1, 2))
+        return self.head(torch.relu(self.free(x))), distances.mean()
 
 
 class _Cube(torch.autograd.Function):
@@ -617,7 +617,7 @@ CASES: dict[str, Case] = {
     "flatten_linear": Case(FlattenLinear, _image(size=6)),
     "channel_shuffle": Case(ChannelShuffle, _image(size=5)),
     "grouped_depthwise": Case(GroupedAndDepthwise, _image(size=5)),
-    "matmul_boundary": Case(MatmulBoundary, _image(size=4)),
+    "distance_boundary": Case(DistanceBoundary, _image(size=4)),
     "custom_function": Case(CustomFunctionBoundary, _image(size=5)),
     "residual": Case(ResidualNet, _image()),
     "nested_concat": Case(NestedConcat, _image(size=5)),

@@ -239,7 +239,7 @@ def test_grouped_and_depthwise_convs_keep_every_conv_group_the_same_width():
 
 
 @pytest.mark.parametrize("name, frozen, free, words", [
-    ("matmul_boundary", ("q", "k"), "free", ("not understood", "matmul")),
+    ("distance_boundary", ("q", "k"), "free", ("not understood", "cdist")),
     ("custom_function", ("conv1",), "conv2", ("not understood", "cube")),
     ("input_residual", ("conv1",), "conv2", ("cannot be sliced", "add")),
     ("channel_count_as_value", ("conv1",), "conv2", ("channel count", "truediv")),

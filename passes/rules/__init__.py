@@ -1,2 +1,2 @@
 """Channel rules, one module per family of ops; importing registers them all."""
-from . import elementwise, layers, shape  # noqa: F401
+from . import attention, elementwise, layers, shape  # noqa: F401

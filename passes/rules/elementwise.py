@@ -112,11 +112,11 @@ register_rule(F.normalize, propagate=_along_dim(dim_index=2))
 # -- reductions: a sum over channels is exact (removed channels add zero); others are not
 
 
-def _reduction(exact_over_channels: bool):
+def _reduction(exact_over_channels: bool, dim_index: int = 1):
     def propagate(ctx: RuleContext) -> Layout:
         x = first_tensor(ctx)
         rank = len(ctx.shape(x))
-        dims = parse_dims(ctx.arg(1, "dim", None), rank)
+        dims = parse_dims(ctx.arg(dim_index, "dim", None), rank)
         keepdim = len(ctx.out_shape) == rank
         layout = dict(ctx.layout(x) or {})
         if dims is None:
@@ -138,6 +138,8 @@ register_rule(torch.sum, "sum", propagate=_reduction(exact_over_channels=True))
 register_rule(torch.mean, torch.amax, torch.amin, torch.std, torch.var, torch.prod, torch.logsumexp,
               "mean", "amax", "amin", "std", "var", "prod", "logsumexp",
               propagate=_reduction(exact_over_channels=False))
+# torch.linalg.vector_norm(x, ord, dim, keepdim): a norm over the spatial axes is one value per channel
+register_rule(torch.linalg.vector_norm, propagate=_reduction(exact_over_channels=False, dim_index=2))
 
 # -- pooling and resizing: mix the trailing spatial axes only ----------------------
 
@@ -211,6 +213,15 @@ register_rule(*_PAD_MODULES, propagate=_pad_module)
 # -- new tensors shaped like their input: same channel positions ------------------------
 register_rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like,
               torch.randn_like, propagate=_same_as_first)
+
+# -- x.new_full(size, v) and kin: a new tensor of the given size; x lends only its dtype and device
+
+
+def _new_tensor(ctx: RuleContext) -> Layout:
+    return {}  # sizes counted from channels are frozen where they are read (takes_sizes is off)
+
+
+register_rule("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor", propagate=_new_tensor)
 
 try:  # torchvision's stochastic depth scales whole samples (or the whole batch): channels pass through
     from torchvision.ops import stochastic_depth

@@ -57,29 +57,38 @@ def _reshape(ctx: RuleContext) -> Layout:
     return out
 
 
-def _ancestors(node: fx.Node) -> set[str]:
-    """The names of ``node`` and of every node it is computed from."""
+def _same_channels_lineage(ctx: RuleContext, node: fx.Node) -> set[str]:
+    """``node`` and the tensors it is computed from without a layer that makes new channels in between
+    (a module with parameters, or a call reading one: the counts before it are of other channels)."""
     seen, stack = set(), [node]
     while stack:
         current = stack.pop()
-        if current.name not in seen:
-            seen.add(current.name)
-            stack.extend(current.all_input_nodes)
+        if current.name in seen:
+            continue
+        seen.add(current.name)
+        if current.op == "call_module" and any(True for _ in ctx.modules[current.target].parameters()):
+            continue
+        if any(n.op == "get_attr" for n in current.all_input_nodes):
+            continue
+        stack.extend(n for n in current.all_input_nodes if isinstance(n.meta.get("val"), torch.Tensor))  # not sizes
     return seen
 
 
 def _tie_sizes_read_elsewhere(ctx: RuleContext, sizes: Optional[list], out: Layout) -> None:
     """``b.view(n, a.shape[1], h, w)``: a size read from another tensor's channels must shrink with this axis.
 
-    A count read from the viewed tensor or one it was computed from follows it as today
-    (ShuffleNet's ``x.view(n, g, c // g, h, w)`` and the view back after the transpose).
-    One read from an unrelated tensor ties those channels to the output axis it sizes
-    (one group, so a frozen side freezes the other), or freezes them when the two cannot
-    be matched position by position.
+    A count of the viewed tensor's own channels (read from it, or from a tensor it is
+    computed from with no layer making new channels in between) follows it as today
+    (ShuffleNet's ``x.view(n, g, c // g, h, w)`` and the view back after the transpose).  A count of other channels (DPT reshapes a
+    projection's output to the shape of the projection's input) ties those channels
+    to the output axis it sizes (one group, so a frozen side freezes the other), or
+    freezes them when the two cannot be matched position by position (YOLO11's attention
+    views its heads and head features back into the channels of its input).
     """
     if sizes is None:
         return
-    lineage: Optional[set[str]] = None  # walked only for a size that carries channels
+    own: Optional[np.ndarray] = None  # the viewed tensor's channel atoms, gathered only when a size carries some
+    lineage: Optional[set[str]] = None
     for d, size in enumerate(sizes):
         count = ctx.counts.get(size) if isinstance(size, fx.Node) else None
         if isinstance(count, tuple):  # x.view(y.size()): one value holds every size
@@ -87,12 +96,20 @@ def _tie_sizes_read_elsewhere(ctx: RuleContext, sizes: Optional[list], out: Layo
         parts = [a for a in getattr(count, "atoms", ()) if a.size]
         if not parts:
             continue
-        lineage = lineage if lineage is not None else _ancestors(ctx.node.args[0])
+        read = np.concatenate([a.ravel() for a in parts])
+        if own is None:
+            layout = ctx.layout(ctx.node.args[0]) or {}
+            own = np.concatenate([np.asarray(a).ravel() for a in layout.values()] or [np.zeros(0, np.int64)])
+        if np.isin(read, own).all():
+            continue
+        lineage = lineage if lineage is not None else _same_channels_lineage(ctx, ctx.node.args[0])
         if count.sources <= lineage:
             continue
-        read = np.concatenate([a.ravel() for a in parts])
         target = out.get(d)
-        if target is not None and target.size == read.size:
+        # several tracked axes may merge into d, or one tiled over an untracked one: no position-by-position match
+        merged = len(ctx.layout(ctx.node.args[0]) or {}) > 1 or (
+            target is not None and np.unique(target).size != target.size)
+        if target is not None and target.size == read.size and not merged:
             ctx.space.unite(read, target)
         else:
             ctx.space.freeze(read, f"its channel count sizes another tensor's view ({ctx.where})")

@@ -1,0 +1,110 @@
+"""Hugging Face and Ultralytics models passed exactly as their libraries return them.
+
+Each one: traced as it is (no wrapper), exact by the oracle on a random plan,
+``prune(ratio=0.5)`` cutting its MACs, the slim model saved and loaded, its output
+of the same kind as the original's, and the original model untouched by it all.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+import falf_fx
+from falf_fx.flops import count_cost
+from falf_fx.testing import check_equivalence
+from tests.hub_models import HUGGING_FACE_FROZEN, hugging_face, ultralytics
+
+pytest.importorskip("transformers")
+pytest.importorskip("ultralytics")
+
+HUGGING_FACE = hugging_face()
+
+
+def _snapshot(model: nn.Module) -> dict:
+    """What a call must leave as it was: tensors' values, every attribute, every mode."""
+    state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    attributes = {name: {k: v for k, v in vars(m).items() if not isinstance(v, torch.Tensor)}
+                  for name, m in model.named_modules()}
+    return {"state": state, "attributes": attributes, "ids": {k: id(v) for k, v in model.state_dict(keep_vars=True).items()}}
+
+
+def _assert_untouched(model: nn.Module, before: dict, outputs_before: list, x: torch.Tensor) -> None:
+    after = _snapshot(model)
+    assert after["ids"] == before["ids"], "a parameter or buffer of the user's model was replaced"
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), f"{key} changed"
+    for name, attributes in before["attributes"].items():
+        assert after["attributes"][name].keys() == attributes.keys(), f"module '{name}' gained or lost attributes"
+        for key, value in attributes.items():
+            assert after["attributes"][name][key] is value, f"module '{name}' attribute {key} was replaced"
+    with torch.no_grad():
+        outputs_after = tree_flatten(model(x))[0]
+    assert all(torch.equal(a, b) for a, b in zip(outputs_before, outputs_after))
+
+
+def _run(model: nn.Module, x: torch.Tensor, max_macs_ratio: float, tmp_path, prunable: bool = True) -> None:
+    with torch.no_grad():
+        outputs_before = tree_flatten(model(x))[0]
+    before = _snapshot(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no submodule may fall back to a frozen leaf
+        warnings.filterwarnings("ignore", message=".*shapes were propagated on real tensors")
+        gm = falf_fx.trace(model, x)
+    analysis = falf_fx.analyze(gm)
+    result = check_equivalence(model, x, analysis=analysis, seed=0)
+    assert (result.channels_removed > 0) == prunable
+    slim = falf_fx.prune(model, x, ratio=0.5)
+    if prunable:
+        assert count_cost(slim, x).macs <= max_macs_ratio * count_cost(model, x).macs
+    _assert_untouched(model, before, outputs_before, x)
+    with torch.no_grad():
+        output = slim.eval()(x) if not model.training else slim(x)
+    assert type(output) is type(model(x)), "the slim model returns another kind of output"
+    falf_fx.save(slim, tmp_path / "slim.pt")
+    loaded = falf_fx.load(tmp_path / "slim.pt")
+    with torch.no_grad():
+        for want, got in zip(tree_flatten(slim(x))[0], tree_flatten(loaded(x))[0]):
+            torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(HUGGING_FACE))
+def test_hugging_face_model_as_passed(name: str, tmp_path) -> None:
+    build, example = HUGGING_FACE[name]
+    torch.manual_seed(0)
+    _run(build().eval(), example(), 0.8, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(HUGGING_FACE_FROZEN))
+def test_hugging_face_model_exact_with_nothing_to_cut(name: str, tmp_path) -> None:
+    build, example = HUGGING_FACE_FROZEN[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    _run(model, example(), 1.0, tmp_path, prunable=False)
+    frozen = [reason for group in falf_fx.analyze(falf_fx.trace(model, example())).groups for reason in group.reasons]
+    assert any("mean" in reason or "mixes" in reason or "reduces" in reason for reason in frozen)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_ultralytics_detection_model_as_passed(cfg: str, mode: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = ultralytics(cfg).train(mode == "train")
+    _run(model, torch.randn(1, 3, 64, 64), 0.5, tmp_path)
+
+
+def test_a_model_run_before_pruning_prunes_the_same() -> None:
+    """YOLO's Detect caches its anchors and input shape on the first call: the trace must not depend on it."""
+    x = torch.randn(1, 3, 64, 64)
+    torch.manual_seed(0)
+    fresh = ultralytics("yolov8n.yaml").eval()
+    used = ultralytics("yolov8n.yaml").eval()
+    used.load_state_dict(fresh.state_dict())
+    with torch.no_grad():
+        used(x)
+    count_cost(used, x)
+    widths = [{n: p.shape for n, p in falf_fx.prune(m, x, ratio=0.5).named_parameters()} for m in (fresh, used)]
+    assert widths[0] == widths[1]
