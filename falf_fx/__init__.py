@@ -11,12 +11,12 @@ from .errors import (EquivalenceError, FalfError, FalfTypeError, FalfValueError,
                      SlimError, TraceError)
 from .importance import group_importance
 from .planning import plan_by_ratio, random_plan
-from .serialize import load, save
+from .serialize import load, load_into, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Analysis", "ChannelGroup", "GroupMember", "PruningPlan", "analyze", "prune", "slim", "trace",
     "EquivalenceError", "FalfError", "FalfTypeError", "FalfValueError", "PlanError", "ShapePropagationError", "SlimError", "TraceError",
-    "group_importance", "plan_by_ratio", "random_plan", "load", "save", "compress", "CompressResult", "hetconv", "report",
+    "group_importance", "plan_by_ratio", "random_plan", "load", "load_into", "save", "compress", "CompressResult", "hetconv", "report",
 ]

@@ -1,6 +1,7 @@
 """The public entry points: trace -> analyze -> plan -> slim, and prune() doing all four."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -11,7 +12,8 @@ from falf_fx.passes.plan import PruningPlan
 from falf_fx.passes.rewrite import slim_graph_module
 
 from .errors import FalfTypeError, FalfValueError
-from .capture import LeafSpec, trace
+from .capture import LeafSpec
+from .parts import capture_parts
 from .importance import group_importance
 from .planning import plan_by_ratio
 
@@ -34,41 +36,63 @@ def slim(gm: fx.GraphModule, plan: PruningPlan, *, inplace: bool = False) -> fx.
     return slim_graph_module(gm, plan, inplace=inplace)
 
 
-def _ignored_groups(analysis: Analysis, ignore: Sequence[Union[str, nn.Module]]) -> frozenset[int]:
-    """Groups that slice a parameter of an ignored module (by qualified name or instance)."""
+def _ignored_groups(analysis: Analysis, ignore: Sequence[Union[str, nn.Module]], part: str = "") -> frozenset[int]:
+    """Groups that slice a parameter of an ignored module (by qualified name or instance).
+
+    ``part``: the qualified name of the traced part (names in ``ignore`` are the whole model's).
+    """
     root = analysis.graph_module
     prefixes = []
     for item in ignore:
         if isinstance(item, str):
-            prefixes.append(item)
+            if not part or item == part:
+                prefixes.append("" if item == part else item)
+            elif item.startswith(part + "."):
+                prefixes.append(item[len(part) + 1:])
         else:
-            names = [name for name, m in root.named_modules() if m is item]
-            if not names:
-                raise FalfValueError(f"ignore: module {type(item).__name__} is not part of the traced model")
-            prefixes.extend(names)
+            prefixes.extend(name for name, m in root.named_modules() if m is item)
     hits = set()
     for group in analysis.groups:
         for member in group.param_members:
             owner = member.name.rpartition(".")[0]
-            if any(owner == p or owner.startswith(p + ".") for p in prefixes):
+            if any(p == "" or owner == p or owner.startswith(p + ".") for p in prefixes):
                 hits.add(group.id)
     return frozenset(hits)
 
 
+def _check_ignored_modules(model: nn.Module, ignore: Sequence[Union[str, nn.Module]]) -> None:
+    for item in ignore:
+        if not isinstance(item, str) and not any(m is item for m in model.modules()):
+            raise FalfValueError(f"ignore: module {type(item).__name__} is not part of the model")
+
+
 def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importance: str = "l1", seed: int = 0,
           ignore: Sequence[Union[str, nn.Module]] = (), round_to: Optional[int] = None,
-          leaf_modules: Sequence[LeafSpec] = (), inplace: bool = False) -> fx.GraphModule:
+          leaf_modules: Sequence[LeafSpec] = (), inplace: bool = False) -> nn.Module:
     """Remove ``ratio`` of the channels of every prunable group, least important first.
 
     Importance is summed over every parameter a group slices (``l1``, ``l2``) or
     drawn at random from ``seed``.  The model's outputs are never pruned, nor are
     groups touching a module named in ``ignore``.  ``inplace=True`` reuses
     ``model``'s modules for the slim one (no copy, less memory; ``model`` is spent).
+
+    Returns the slim GraphModule when the whole model traces; otherwise (a detector)
+    the user's own model, copied unless ``inplace``, with each traced part replaced by
+    its slim GraphModule under the same name (``falf_fx.parts``).
     """
     if not 0.0 < ratio < 1.0:
         raise FalfValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
-    gm = trace(model, example_inputs, leaf_modules=leaf_modules)
-    analysis = analyze_graph(gm)
-    scores = group_importance(analysis, importance, seed)
-    plan = plan_by_ratio(analysis, scores, ratio, round_to, _ignored_groups(analysis, ignore))
-    return slim_graph_module(gm, plan, inplace=inplace)
+    _check_ignored_modules(model, ignore)
+    parts = capture_parts(model, example_inputs, leaf_modules=leaf_modules)
+    slim_parts = []
+    for part in parts:
+        analysis = analyze_graph(part.graph_module)
+        scores = group_importance(analysis, importance, seed)
+        plan = plan_by_ratio(analysis, scores, ratio, round_to, _ignored_groups(analysis, ignore, part.name))
+        slim_parts.append((part.name, slim_graph_module(part.graph_module, plan, inplace=inplace)))
+    if [name for name, _ in slim_parts] == [""]:
+        return slim_parts[0][1]
+    result = model if inplace else copy.deepcopy(model)
+    for name, slim in slim_parts:
+        result.set_submodule(name, slim)
+    return result

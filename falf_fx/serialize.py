@@ -27,9 +27,10 @@ from torch import fx, nn
 
 from .errors import FalfTypeError, FalfValueError
 
-__all__ = ["FORMAT", "from_plain", "load", "save", "to_plain"]
+__all__ = ["FORMAT", "PARTS_FORMAT", "from_plain", "load", "load_into", "save", "to_plain"]
 
 FORMAT = "falf_fx.graph/1"
+PARTS_FORMAT = "falf_fx.parts/1"  # a model pruned in parts: its slim GraphModules and the rest of its weights
 PathLike = Union[str, os.PathLike, BinaryIO]
 
 _ROOT_CLASS = "torch.fx.GraphModule"
@@ -400,12 +401,34 @@ def to_plain(gm: fx.GraphModule) -> dict[str, Any]:
     }
 
 
-def save(gm: fx.GraphModule, path: PathLike) -> None:
-    """Write ``gm`` as plain data and tensors (see :func:`load`); raises ValueError for what cannot be.
+def _slim_parts(model: nn.Module) -> dict[str, fx.GraphModule]:
+    """The outermost GraphModules inside a model that is not one (a detector pruned in parts)."""
+    parts: dict[str, fx.GraphModule] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, fx.GraphModule) and not any(name.startswith(p + ".") for p in parts):
+            parts[name] = module
+    return parts
 
+
+def _parts_to_plain(model: nn.Module) -> dict[str, Any]:
+    parts = _slim_parts(model)
+    if not parts:
+        raise FalfTypeError(f"save() takes a torch.fx.GraphModule or a model holding slim parts, not a "
+                            f"{type(model).__name__} without any")
+    rest = {k: v for k, v in model.state_dict().items() if not any(k.startswith(p + ".") for p in parts)}
+    return {"format": PARTS_FORMAT, "class_name": type(model).__name__,
+            "parts": {name: to_plain(gm) for name, gm in parts.items()}, "state_dict": rest}
+
+
+def save(model: nn.Module, path: PathLike) -> None:
+    """Write ``model`` as plain data and tensors (see :func:`load`); raises FalfValueError for what cannot be.
+
+    A GraphModule is written whole.  A model pruned in parts (a detector, whose own
+    class plain data cannot rebuild) is written as its slim parts and the rest of its
+    weights: :func:`load_into` puts them back into a model built as the original was.
     A path is written next to itself and renamed: a crash mid-write leaves the old file or none.
     """
-    data = to_plain(gm)
+    data = to_plain(model) if isinstance(model, fx.GraphModule) else _parts_to_plain(model)
     if not isinstance(path, (str, os.PathLike)):  # a buffer
         torch.save(data, path)
         return
@@ -414,16 +437,36 @@ def save(gm: fx.GraphModule, path: PathLike) -> None:
     os.replace(partial, path)
 
 
-def _read(path: PathLike, map_location: Any) -> dict:
+def load_into(model: nn.Module, path: PathLike, map_location: Optional[Any] = None) -> nn.Module:
+    """Replace ``model``'s parts by the slim GraphModules :func:`save` wrote, and load the rest of its weights.
+
+    ``model`` is built as the original was (same class and configuration, any weights);
+    nothing pickled runs.  Returns ``model``.
+    """
+    data = _read(path, map_location, PARTS_FORMAT)
+    if data["class_name"] != type(model).__name__:
+        raise FalfValueError(f"{path!s} holds the parts of a {data['class_name']}, not of a {type(model).__name__}")
+    for name, plain in data["parts"].items():
+        _check_path(name, "part names")
+        model.get_submodule(name)  # names a module of this model, or raises
+        model.set_submodule(name, from_plain(plain))
+    model.load_state_dict({**model.state_dict(), **data["state_dict"]}, strict=True)
+    return model
+
+
+def _read(path: PathLike, map_location: Any, expected: str = FORMAT) -> dict:
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise FalfValueError(f"{path!s} is not a {FORMAT} file: torch.load(weights_only=True) refused it (a pickled "
+        raise FalfValueError(f"{path!s} is not a {expected} file: torch.load(weights_only=True) refused it (a pickled "
                          "model from torch.save(model), or not a torch file); load a pickle with "
                          "torch.load(path, weights_only=False) only if you trust its source") from error
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise FalfValueError(f"{path!s} is not a {FORMAT} file (found {found!r}); write one with falf_fx.save(gm, path)")
+    found = data.get("format") if isinstance(data, dict) else type(data).__name__
+    if found == PARTS_FORMAT and expected == FORMAT:
+        raise FalfValueError(f"{path!s} holds the slim parts of a {data.get('class_name')}: build that model as "
+                             "before and call falf_fx.load_into(model, path)")
+    if found != expected:
+        raise FalfValueError(f"{path!s} is not a {expected} file (found {found!r}); write one with falf_fx.save")
     return data
 
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from falf_fx.passes.analysis import Analysis, analyze_graph
 from falf_fx.passes.masked import MaskedReference
@@ -40,7 +40,8 @@ class EquivalenceResult:
 
 
 def _double(value: Any) -> Any:
-    return value.double() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+    """Floating tensors in float64, inside lists, tuples and dicts too (a detector part takes a list)."""
+    return tree_map(lambda v: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v, value)
 
 
 class Float64Interpreter(fx.Interpreter):

@@ -41,10 +41,22 @@ class ShapePropagationError(FalfError, RuntimeError):
         self.failure = failure or message
 
 
-def fake_inputs_like(gm: fx.GraphModule) -> list[torch.Tensor]:
-    """Empty tensors with the placeholders' recorded shapes and dtypes."""
-    return [torch.empty(n.meta["val"].shape, dtype=n.meta["val"].dtype)
-            for n in gm.graph.nodes if n.op == "placeholder"]
+def _empty_like(value):
+    """Empty tensors in place of the (meta) tensors inside a value, containers rebuilt as plain lists,
+    tuples and dicts (a detector part takes a list of feature maps)."""
+    if isinstance(value, torch.Tensor):
+        return torch.empty(value.shape, dtype=value.dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_empty_like(v) for v in value) if type(value) in (list, tuple) else \
+            [_empty_like(v) for v in value] if isinstance(value, list) else tuple(_empty_like(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _empty_like(v) for k, v in value.items()}
+    return value
+
+
+def fake_inputs_like(gm: fx.GraphModule) -> list:
+    """Empty tensors with the placeholders' recorded shapes and dtypes (nested as the inputs were)."""
+    return [_empty_like(n.meta["val"]) for n in gm.graph.nodes if n.op == "placeholder"]
 
 
 def _empty_meta(value: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""Capture in parts: a model whose own forward cannot be traced is captured as the submodules it calls.
+
+A detector's forward sorts boxes by score and runs non-maximum suppression: Python
+on tensor data, which no symbolic trace can follow.  Its backbone, FPN and heads
+trace well.  So when a module's own code stops the trace, the example inputs are
+run once, for real (eval mode, no gradients, nothing of the model kept), to record
+what each of its direct submodules is called with; each submodule with parameters
+is then captured with those inputs, in parts again if need be.  Every part is
+pruned inside, and its inputs and outputs (the interface with the code around it)
+keep their channels, so the user's own object, its parts replaced by slim
+GraphModules under the same names, still runs as before.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import fx, nn
+
+from falf_fx.passes.modes import attributes_kept, eval_mode
+
+from .capture import LeafSpec, as_input_tuple, trace
+from .errors import TraceError
+
+__all__ = ["Part", "capture_parts"]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One traced piece of the model: its qualified name ("" for the whole model) and its example inputs."""
+
+    name: str
+    graph_module: fx.GraphModule
+    example_inputs: tuple
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _positional(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]:
+    """A call's arguments as positional ones (a part is traced with positional example inputs), or None."""
+    if not kwargs:
+        return args
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    parameters = list(inspect.signature(module.forward).parameters.values())
+    given = [p for p in parameters if p.name in bound.arguments]
+    if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in given):
+        return None
+    last = max(parameters.index(p) for p in given)
+    values = []
+    for p in parameters[:last + 1]:
+        if p.name in bound.arguments:
+            values.append(bound.arguments[p.name])
+        elif p.default is inspect.Parameter.empty:
+            return None
+        else:
+            values.append(p.default)
+    return tuple(values)
+
+
+def record_calls(model: nn.Module, inputs: tuple, names: Sequence[str]) -> dict[str, tuple]:
+    """The positional inputs each named submodule gets on its first call when ``model`` runs on ``inputs``.
+
+    Runs for real in eval mode without gradients; attributes, buffers and modes come back as they were.
+    """
+    calls: dict[str, tuple] = {}
+    handles = []
+    for name in names:
+        module = model.get_submodule(name)
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
+            if name not in calls:
+                calls[name] = _positional(module, args, kwargs)
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    buffers = {key: b.clone() for key, b in model.named_buffers()}
+    try:
+        with torch.no_grad(), eval_mode(model), attributes_kept(model):
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for key, b in model.named_buffers():
+                if key in buffers:
+                    b.copy_(buffers[key])
+    return {name: args for name, args in calls.items() if args is not None}
+
+
+def capture_parts(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafSpec] = (),
+                  prefix: str = "") -> list[Part]:
+    """The model as one traced part when its forward traces, else its submodules' parts, recursively.
+
+    Submodules without parameters are left as they are (nothing to prune); a
+    submodule the example never calls is left too, with a warning.
+    """
+    inputs = as_input_tuple(example_inputs)
+    try:
+        with warnings.catch_warnings(record=True) as said:  # a whole trace that fails says nothing of its leaves
+            warnings.simplefilter("always")
+            gm = trace(model, inputs, leaf_modules=leaf_modules)
+        for warning in said:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return [Part(prefix, gm, inputs)]
+    except TraceError as error:
+        children = [(name, child) for name, child in model.named_children() if _has_parameters(child)]
+        if not children:
+            raise
+        reason = str(error).splitlines()[0]
+    calls = record_calls(model, inputs, [name for name, _ in children])
+    parts: list[Part] = []
+    for name, child in children:
+        qualified = f"{prefix}.{name}" if prefix else name
+        if name not in calls:
+            warnings.warn(f"falf_fx: '{qualified}' is not called with positional inputs by the example; "
+                          "it is kept as it is", stacklevel=2)
+            continue
+        try:
+            parts.extend(capture_parts(child, calls[name], leaf_modules=leaf_modules, prefix=qualified))
+        except TraceError as child_error:
+            warnings.warn(f"falf_fx: '{qualified}' cannot be traced ({str(child_error).splitlines()[0]}); "
+                          "it is kept as it is and its channels are frozen", stacklevel=2)
+    if not parts:
+        raise TraceError(f"{reason}\n  and none of its submodules can be traced either")
+    return parts
