@@ -13,7 +13,7 @@ from falf_fx.passes.rewrite import slim_graph_module
 
 from .errors import FalfTypeError, FalfValueError
 from .capture import LeafSpec
-from .parts import capture_parts
+from .parts import adopt_interface, capture_parts
 from .importance import group_importance
 from .planning import plan_by_ratio
 
@@ -94,5 +94,5 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importan
         return slim_parts[0][1]
     result = model if inplace else copy.deepcopy(model)
     for name, slim in slim_parts:
-        result.set_submodule(name, slim)
+        result.set_submodule(name, adopt_interface(slim, result.get_submodule(name)))
     return result

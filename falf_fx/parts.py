@@ -25,7 +25,7 @@ from falf_fx.passes.modes import attributes_kept, eval_mode
 from .capture import LeafSpec, as_input_tuple, trace
 from .errors import TraceError
 
-__all__ = ["Part", "capture_parts"]
+__all__ = ["ADOPTED", "Part", "adopt_interface", "capture_parts"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,46 @@ class Part:
     name: str
     graph_module: fx.GraphModule
     example_inputs: tuple
+
+
+_MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules", "training", "_non_persistent_buffers_set"})
+
+
+ADOPTED = "_falf_fx_adopted"  # a class attribute: the class was made by adopt_interface (saved as plain modules)
+
+
+def _adopt(module: nn.Module, original: nn.Module, bases: tuple[type, ...]) -> None:
+    cls = type(original)
+    module.__class__ = type(cls.__name__, bases, {"__module__": cls.__module__, ADOPTED: True})
+    for key, value in vars(original).items():
+        if key not in vars(module) and key not in _MODULE_STATE and not key.startswith(("_forward", "_backward")) \
+                and not isinstance(value, (nn.Module, torch.Tensor)):
+            setattr(module, key, value)
+
+
+def adopt_interface(slim: fx.GraphModule, original: nn.Module) -> fx.GraphModule:
+    """``slim`` takes the place of ``original`` with its classes' other methods and their plain attributes.
+
+    The code around a part calls more than its forward (RetinaNet calls
+    ``head.compute_loss``, which calls ``head.classification_head.compute_loss``,
+    reading ``self.num_classes``): the slim GraphModule becomes an instance of a class
+    deriving from both its own and the original's (``isinstance`` still holds), the
+    bare containers fx made for the submodules it traced through get their original
+    classes back, and each gets the original's non-tensor, non-module attributes.
+    The forward stays the slim graph's; the leaves are the slim layers.
+    """
+    if isinstance(original, fx.GraphModule) or type(original) is nn.Module:
+        return slim
+    _adopt(slim, original, (type(slim), type(original)))
+    for name, module in slim.named_modules():
+        if name and type(module) is nn.Module:
+            try:
+                counterpart = original.get_submodule(name)
+            except AttributeError:
+                continue
+            if type(counterpart) is not nn.Module:
+                _adopt(module, counterpart, (type(counterpart),))
+    return slim
 
 
 def _has_parameters(module: nn.Module) -> bool:

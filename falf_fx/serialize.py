@@ -26,6 +26,7 @@ import torch
 from torch import fx, nn
 
 from .errors import FalfTypeError, FalfValueError
+from .parts import ADOPTED, adopt_interface
 
 __all__ = ["FORMAT", "PARTS_FORMAT", "from_plain", "load", "load_into", "save", "to_plain"]
 
@@ -215,6 +216,8 @@ def _decode(value: Any, nodes: dict[str, fx.Node]) -> Any:
 
 def _class_name(module: nn.Module, name: str) -> str:
     cls = type(module)
+    if getattr(cls, ADOPTED, False):  # a container given its class back by adopt_interface; load_into does it again
+        return "torch.nn.Module"
     if cls is nn.Module or getattr(nn, cls.__name__, None) is cls:
         return f"torch.nn.{cls.__name__}"
     raise FalfValueError(f"module '{name}' is a {cls.__module__}.{cls.__qualname__}, which is not a torch.nn class "
@@ -224,6 +227,8 @@ def _class_name(module: nn.Module, name: str) -> str:
 
 def _constructor_kwargs(module: nn.Module, name: str) -> dict[str, Any]:
     """The module's hyper-parameters, read back from the attributes its constructor set."""
+    if getattr(type(module), ADOPTED, False):
+        return {}  # saved as a plain container
     derived = _DERIVED_FLAGS.get(type(module), {})
     kwargs = {}
     for param in list(inspect.signature(type(module).__init__).parameters.values())[1:]:
@@ -331,6 +336,8 @@ class _Recorder:
 
     def _compare(self, name: str, module: nn.Module, built: nn.Module) -> None:
         """Every non-tensor attribute must come back from the constructor, else the rebuild would differ."""
+        if getattr(type(module), ADOPTED, False):
+            return  # its attributes are the original model's; load_into takes them from the model built again
         own, made = vars(module), vars(built)
         for key in (own.keys() | made.keys()) - _OWN_STATE:
             value, rebuilt = own.get(key, _MISSING), made.get(key, _MISSING)
@@ -448,8 +455,8 @@ def load_into(model: nn.Module, path: PathLike, map_location: Optional[Any] = No
         raise FalfValueError(f"{path!s} holds the parts of a {data['class_name']}, not of a {type(model).__name__}")
     for name, plain in data["parts"].items():
         _check_path(name, "part names")
-        model.get_submodule(name)  # names a module of this model, or raises
-        model.set_submodule(name, from_plain(plain))
+        original = model.get_submodule(name)  # names a module of this model, or raises
+        model.set_submodule(name, adopt_interface(from_plain(plain), original))
     model.load_state_dict({**model.state_dict(), **data["state_dict"]}, strict=True)
     return model
 
