@@ -39,7 +39,7 @@ def test_the_cli_and_model_spec_errors_are_falf_errors():
 
 @pytest.mark.parametrize("call, kind, message", [
     (lambda: falf_fx.prune(_net(), X, ratio=1.5), FalfValueError, "ratio must be strictly between 0 and 1"),
-    (lambda: falf_fx.save(_net(), "x.falf"), FalfTypeError, "takes a torch.fx.GraphModule, not Sequential"),
+    (lambda: falf_fx.save(_net(), "x.falf"), FalfTypeError, "takes a torch.fx.GraphModule or a model holding slim parts, not a Sequential"),
     (lambda: falf_fx.trace(_net(), X, leaf_modules=[3.5]), FalfTypeError, "leaf_modules entries are module names"),
     (lambda: falf_fx.compress(_net(), digits_loaders(image_size=16, channels=3)[0]), FalfValueError,
      "give target_macs .* tolerance"),
