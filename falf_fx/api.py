@@ -13,7 +13,7 @@ from falf_fx.passes.rewrite import slim_graph_module
 
 from .errors import FalfTypeError, FalfValueError
 from .capture import LeafSpec
-from .parts import adopt_interface, capture_parts
+from .parts import adopt_interface, capture_parts, is_library_model
 from .importance import group_importance
 from .planning import plan_by_ratio
 
@@ -76,9 +76,11 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importan
     groups touching a module named in ``ignore``.  ``inplace=True`` reuses
     ``model``'s modules for the slim one (no copy, less memory; ``model`` is spent).
 
-    Returns the slim GraphModule when the whole model traces; otherwise (a detector)
-    the user's own model, copied unless ``inplace``, with each traced part replaced by
-    its slim GraphModule under the same name (``falf_fx.parts``).
+    Returns the slim GraphModule when the whole model traces (for a Hugging Face or
+    Ultralytics model, one that is also an instance of the model's class, with copies
+    of its attributes: ``save_pretrained``, ``config``, ``model.model[-1]``); otherwise
+    (a detector) the user's own model, copied unless ``inplace``, with each traced part
+    replaced by its slim GraphModule under the same name (``falf_fx.parts``).
     """
     if not 0.0 < ratio < 1.0:
         raise FalfValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
@@ -91,7 +93,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importan
         plan = plan_by_ratio(analysis, scores, ratio, round_to, _ignored_groups(analysis, ignore, part.name))
         slim_parts.append((part.name, slim_graph_module(part.graph_module, plan, inplace=inplace)))
     if [name for name, _ in slim_parts] == [""]:
-        return slim_parts[0][1]
+        slim = slim_parts[0][1]
+        return adopt_interface(slim, model) if is_library_model(model) else slim
     result = model if inplace else copy.deepcopy(model)
     for name, slim in slim_parts:
         result.set_submodule(name, adopt_interface(slim, result.get_submodule(name)))

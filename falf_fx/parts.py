@@ -12,6 +12,7 @@ GraphModules under the same names, still runs as before.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import warnings
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from falf_fx.passes.modes import attributes_kept, eval_mode
 from .capture import LeafSpec, as_input_tuple, trace
 from .errors import TraceError
 
-__all__ = ["ADOPTED", "Part", "adopt_interface", "capture_parts"]
+__all__ = ["ADOPTED", "LIBRARY_MODELS", "Part", "adopt_interface", "capture_parts", "is_library_model"]
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,28 @@ _MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules", "training", "_
 ADOPTED = "_falf_fx_adopted"  # a class attribute: the class was made by adopt_interface (saved as plain modules)
 
 
+def _registry_property(key: str) -> property:
+    """Reads a parameter, buffer or submodule, which a class attribute of the same name would hide."""
+    def read(self: nn.Module) -> Any:
+        for store in (self._parameters, self._buffers, self._modules):
+            if key in store:
+                return store[key]
+        raise AttributeError(key)
+    return property(read)
+
+
 def _adopt(module: nn.Module, original: nn.Module, bases: tuple[type, ...]) -> None:
     cls = type(original)
-    module.__class__ = type(cls.__name__, bases, {"__module__": cls.__module__, ADOPTED: True})
+    namespace: dict[str, Any] = {"__module__": cls.__module__, ADOPTED: True}
+    for key in (*module._parameters, *module._buffers, *module._modules):
+        if inspect.getattr_static(cls, key, None) is not None:  # YOLO's Detect has `strides = torch.empty(0)`
+            namespace[key] = _registry_property(key)
+    module.__class__ = type(cls.__name__, bases, namespace)
+    held = {*vars(module), *module._parameters, *module._buffers, *module._modules}  # the slim graph's own
     for key, value in vars(original).items():
-        if key not in vars(module) and key not in _MODULE_STATE and not key.startswith(("_forward", "_backward")) \
-                and not isinstance(value, (nn.Module, torch.Tensor)):
-            setattr(module, key, value)
+        if key not in held and key not in _MODULE_STATE and not key.startswith(("_forward", "_backward")) \
+                and not isinstance(value, nn.Module):
+            setattr(module, key, value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value))
 
 
 def adopt_interface(slim: fx.GraphModule, original: nn.Module) -> fx.GraphModule:
@@ -61,7 +77,8 @@ def adopt_interface(slim: fx.GraphModule, original: nn.Module) -> fx.GraphModule
     deriving from both its own and the original's (``isinstance`` still holds), the
     bare containers fx made for the submodules it traced through get their original
     classes back, and each gets the original's non-tensor, non-module attributes.
-    The forward stays the slim graph's; the leaves are the slim layers.
+    The forward stays the slim graph's; the leaves are the slim layers.  Attributes are
+    copies: a slim model's config is its own, the user's stays as it was.
     """
     if isinstance(original, fx.GraphModule) or type(original) is nn.Module:
         return slim
@@ -75,6 +92,15 @@ def adopt_interface(slim: fx.GraphModule, original: nn.Module) -> fx.GraphModule
             if type(counterpart) is not nn.Module:
                 _adopt(module, counterpart, (type(counterpart),))
     return slim
+
+
+# Models whose classes users keep calling after pruning: save_pretrained / generate, and the Ultralytics
+# trainer (model.model[-1], model.args): a slim model captured whole is returned as one of them too.
+LIBRARY_MODELS = (("transformers.modeling_utils", "PreTrainedModel"), ("ultralytics.nn.tasks", "BaseModel"))
+
+
+def is_library_model(model: nn.Module) -> bool:
+    return any((base.__module__, base.__name__) in LIBRARY_MODELS for base in type(model).__mro__)
 
 
 def _has_parameters(module: nn.Module) -> bool:

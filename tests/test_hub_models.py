@@ -58,6 +58,7 @@ def _run(model: nn.Module, x: torch.Tensor, max_macs_ratio: float, tmp_path, pru
     result = check_equivalence(model, x, analysis=analysis, seed=0)
     assert (result.channels_removed > 0) == prunable
     slim = falf_fx.prune(model, x, ratio=0.5)
+    assert isinstance(slim, type(model)) and isinstance(slim, torch.fx.GraphModule)  # save_pretrained, the trainer
     if prunable:
         assert count_cost(slim, x).macs <= max_macs_ratio * count_cost(model, x).macs
     _assert_untouched(model, before, outputs_before, x)
@@ -94,6 +95,34 @@ def test_ultralytics_detection_model_as_passed(cfg: str, mode: str, tmp_path) ->
     torch.manual_seed(0)
     model = ultralytics(cfg).train(mode == "train")
     _run(model, torch.randn(1, 3, 64, 64), 0.5, tmp_path)
+
+
+def test_slim_hugging_face_model_keeps_its_class(tmp_path) -> None:
+    build, example = HUGGING_FACE["vit"]
+    model, x = build().eval(), example()
+    slim = falf_fx.prune(model, x, ratio=0.5)
+    assert slim.config is not model.config and slim.config.to_dict() == model.config.to_dict()
+    slim.save_pretrained(tmp_path)
+    saved = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "model.safetensors")
+    # transformers renames some keys on save: compare the tensors' shapes, which are the slim ones
+    assert sorted(v.shape for v in saved.values()) == sorted(v.shape for v in slim.state_dict().values())
+    assert sum(v.numel() for v in saved.values()) < sum(v.numel() for v in model.state_dict().values())
+
+
+def test_slim_yolo_trains_with_the_ultralytics_loss() -> None:
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    torch.manual_seed(0)
+    slim = falf_fx.prune(ultralytics("yolov8n.yaml").train(), torch.randn(1, 3, 64, 64), ratio=0.5)
+    assert type(slim.model[-1]).__name__ == "Detect" and slim.model[-1].nc == 80
+    slim.args = get_cfg()  # what the Ultralytics trainer sets before it builds the loss
+    batch = {"batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[1.0], [2.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]]), "img": torch.zeros(2, 3, 64, 64)}
+    loss, items = v8DetectionLoss(slim)(slim(torch.randn(2, 3, 64, 64)), batch)
+    assert torch.isfinite(loss).all() and len(items) == 3  # box, class and distribution focal losses
+    loss.sum().backward()
+    assert all(p.grad is not None for p in slim.parameters() if p.requires_grad)
 
 
 def test_a_model_run_before_pruning_prunes_the_same() -> None:
