@@ -58,8 +58,9 @@ Keypoint R-CNN the RPN's predictors, the FPN's ``layer_blocks``, ``box_head``,
 ``box_predictor``, ``mask_predictor``; RetinaNets ``cls_logits``, ``bbox_reg``
 (the example names one of each pair of variants; the other gets the same).
 
-Everything runs in this process, one model after another (tiny models: about
-4 min on 2 cores, 90 s of it Torch-Pruning running out of its budget thrice).
+Everything runs in this process, one model after another: about 12 min on 2
+(shared) cores, 3.5 of them for the Hugging Face and Ultralytics models (90 s of
+it Torch-Pruning running out of its budget thrice), 8.5 for the detectors.
 No child processes or memory limits; each tool's prune call (falf_fx's
 ``prune``, Torch-Pruning's pruner construction plus ``step``) has one time
 budget (``--budget``, SIGALRM raising in the call), only so that a call that
@@ -97,7 +98,7 @@ from zoo import output_layers  # noqa: E402
 
 RATIO = 0.5
 OUT = "hub.json"
-BUDGET_S = 30  # every call that returns takes under 3 s here
+BUDGET_S = 30  # calls that return take under 3 s here, a detector's up to 17 s (Keypoint R-CNN)
 
 
 class Budget:

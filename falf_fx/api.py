@@ -80,7 +80,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importan
     Ultralytics model, one that is also an instance of the model's class, with copies
     of its attributes: ``save_pretrained``, ``config``, ``model.model[-1]``); otherwise
     (a detector) the user's own model, copied unless ``inplace``, with each traced part
-    replaced by its slim GraphModule under the same name (``falf_fx.parts``).
+    replaced by its slim GraphModule under the same name (``falf_fx.parts``).  A
+    submodule the trace had to keep as a leaf is pruned inside the same way.
     """
     if not 0.0 < ratio < 1.0:
         raise FalfValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
@@ -92,10 +93,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importan
         scores = group_importance(analysis, importance, seed)
         plan = plan_by_ratio(analysis, scores, ratio, round_to, _ignored_groups(analysis, ignore, part.name))
         slim_parts.append((part.name, slim_graph_module(part.graph_module, plan, inplace=inplace)))
-    if [name for name, _ in slim_parts] == [""]:
-        slim = slim_parts[0][1]
-        return adopt_interface(slim, model) if is_library_model(model) else slim
-    result = model if inplace else copy.deepcopy(model)
-    for name, slim in slim_parts:
+    whole = slim_parts[0][0] == ""  # the model traced, maybe with parts inside the leaves it kept
+    result = slim_parts[0][1] if whole else model if inplace else copy.deepcopy(model)
+    for name, slim in slim_parts[1:] if whole else slim_parts:
         result.set_submodule(name, adopt_interface(slim, result.get_submodule(name)))
-    return result
+    return adopt_interface(result, model) if whole and is_library_model(model) else result

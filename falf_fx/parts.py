@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import fx, nn
 
+from falf_fx.passes.analysis import AUTO_LEAVES_KEY
 from falf_fx.passes.modes import attributes_kept, eval_mode
 
 from .capture import LeafSpec, as_input_tuple, trace
@@ -159,12 +160,37 @@ def record_calls(model: nn.Module, inputs: tuple, names: Sequence[str]) -> dict[
     return {name: args for name, args in calls.items() if args is not None}
 
 
+def _parts_inside_leaves(model: nn.Module, inputs: tuple, gm: fx.GraphModule, leaf_modules: Sequence[LeafSpec],
+                         prefix: str) -> list[Part]:
+    """The parts inside the submodules the trace had to keep as leaves (their interface stays frozen)."""
+    leaves = [name for name in gm.meta.get(AUTO_LEAVES_KEY, {}) if _has_parameters(model.get_submodule(name))]
+    if not leaves:
+        return []
+    calls = record_calls(model, inputs, leaves)
+    parts: list[Part] = []
+    for name in leaves:
+        if name in calls:
+            parts.extend(_captured_or_kept(model.get_submodule(name), calls[name], leaf_modules,
+                                           f"{prefix}.{name}" if prefix else name))
+    return parts
+
+
+def _captured_or_kept(module: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec], qualified: str) -> list[Part]:
+    try:
+        return capture_parts(module, inputs, leaf_modules=leaf_modules, prefix=qualified)
+    except TraceError as error:
+        warnings.warn(f"falf_fx: '{qualified}' cannot be traced ({str(error).splitlines()[0]}); "
+                      "it is kept as it is and its channels are frozen", stacklevel=3)
+        return []
+
+
 def capture_parts(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[LeafSpec] = (),
                   prefix: str = "") -> list[Part]:
     """The model as one traced part when its forward traces, else its submodules' parts, recursively.
 
-    Submodules without parameters are left as they are (nothing to prune); a
-    submodule the example never calls is left too, with a warning.
+    A traced model's parts come first, then the parts inside the submodules its trace
+    kept as leaves.  Submodules without parameters are left as they are (nothing to
+    prune); a submodule the example never calls is left too, with a warning.
     """
     inputs = as_input_tuple(example_inputs)
     try:
@@ -173,7 +199,7 @@ def capture_parts(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequen
             gm = trace(model, inputs, leaf_modules=leaf_modules)
         for warning in said:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        return [Part(prefix, gm, inputs)]
+        return [Part(prefix, gm, inputs), *_parts_inside_leaves(model, inputs, gm, leaf_modules, prefix)]
     except TraceError as error:
         children = [(name, child) for name, child in model.named_children() if _has_parameters(child)]
         if not children:
@@ -187,11 +213,7 @@ def capture_parts(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequen
             warnings.warn(f"falf_fx: '{qualified}' is not called with positional inputs by the example; "
                           "it is kept as it is", stacklevel=2)
             continue
-        try:
-            parts.extend(capture_parts(child, calls[name], leaf_modules=leaf_modules, prefix=qualified))
-        except TraceError as child_error:
-            warnings.warn(f"falf_fx: '{qualified}' cannot be traced ({str(child_error).splitlines()[0]}); "
-                          "it is kept as it is and its channels are frozen", stacklevel=2)
+        parts.extend(_captured_or_kept(child, calls[name], leaf_modules, qualified))
     if not parts:
         raise TraceError(f"{reason}\n  and none of its submodules can be traced either")
     return parts
