@@ -137,3 +137,24 @@ def test_a_model_run_before_pruning_prunes_the_same() -> None:
     count_cost(used, x)
     widths = [{n: p.shape for n, p in falf_fx.prune(m, x, ratio=0.5).named_parameters()} for m in (fresh, used)]
     assert widths[0] == widths[1]
+
+
+def test_compress_a_hugging_face_model_as_passed() -> None:
+    """compress with the user's loss on a ModelOutput: the model given is untouched, the target met."""
+    from torch.nn import functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    build, _ = HUGGING_FACE["resnet"]
+    torch.manual_seed(0)
+    model = build().eval()
+    data = TensorDataset(torch.randn(32, 3, 64, 64), torch.randint(0, 10, (32,)))
+    x = data.tensors[0][:2]
+    with torch.no_grad():
+        outputs_before = tree_flatten(model(x))[0]
+    before = _snapshot(model)
+    result = falf_fx.compress(model, DataLoader(data, batch_size=8), target_macs=0.5, finetune_epochs=1,
+                              loss_fn=lambda out, batch: F.cross_entropy(out.logits, batch[1]), progress=False,
+                              measure_latency=False)
+    assert result.report["target"]["met"] and result.report["macs_ratio"] <= 0.5
+    assert type(result.model(x)).__name__ == "ImageClassifierOutputWithNoAttention"
+    _assert_untouched(model, before, outputs_before, x)
