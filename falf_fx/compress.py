@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.utils.data import DataLoader
 
 from falf_fx.passes.analysis import Analysis, analyze_graph
+from falf_fx.passes.modes import attributes_kept, eval_mode
 from falf_fx.passes.rewrite import slim_graph_module
 
 from .capture import trace
@@ -58,11 +59,8 @@ def _first_batch(loader: DataLoader) -> tuple:
 def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> tuple[int, bool]:
     """Number of classes and whether the outputs are class logits; clear errors when a classifier's are not
     logits or its labels do not fit."""
-    with torch.no_grad():
-        was = model.training
-        model.eval()
+    with torch.no_grad(), eval_mode(model), attributes_kept(model):  # YOLO's Detect would keep the input shape
         outputs = model(batch[0])
-        model.train(was)
     logits = isinstance(outputs, torch.Tensor) and outputs.dim() == 2
     if custom_loss:
         return (int(outputs.shape[-1]) if isinstance(outputs, torch.Tensor) and outputs.dim() >= 2 else 2), logits

@@ -139,8 +139,42 @@ def test_a_model_run_before_pruning_prunes_the_same() -> None:
     assert widths[0] == widths[1]
 
 
-def test_compress_a_hugging_face_model_as_passed() -> None:
-    """compress with the user's loss on a ModelOutput: the model given is untouched, the target met."""
+def _squares(outputs, batch) -> torch.Tensor:
+    """A loss for any output structure: the mean square of every floating tensor in it."""
+    return sum(t.pow(2).mean() for t in tree_flatten(outputs)[0] if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def _compress_untouched(model: nn.Module, inputs: torch.Tensor) -> falf_fx.CompressResult:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(inputs, torch.zeros(len(inputs), dtype=torch.long))
+    x = inputs[:2]
+    with torch.no_grad():
+        outputs_before = tree_flatten(model(x))[0]
+    before = _snapshot(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = falf_fx.compress(model, DataLoader(data, batch_size=4), target_macs=0.8, finetune_epochs=1,
+                                  loss_fn=_squares, progress=False, measure_latency=False)
+    _assert_untouched(model, before, outputs_before, x)
+    assert result.report["macs_ratio"] < 1.0
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(HUGGING_FACE))
+def test_compress_leaves_a_hugging_face_model_untouched(name: str) -> None:
+    build, example = HUGGING_FACE[name]
+    torch.manual_seed(0)
+    _compress_untouched(build().eval(), torch.cat([example()] * 4))
+
+
+def test_compress_leaves_a_yolo_model_untouched() -> None:
+    torch.manual_seed(0)
+    _compress_untouched(ultralytics("yolov8n.yaml").train(), torch.randn(8, 3, 64, 64))
+
+
+def test_compress_a_hugging_face_model_with_its_own_loss() -> None:
+    """compress with the user's loss on a ModelOutput: the target met, the output type kept."""
     from torch.nn import functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -148,13 +182,8 @@ def test_compress_a_hugging_face_model_as_passed() -> None:
     torch.manual_seed(0)
     model = build().eval()
     data = TensorDataset(torch.randn(32, 3, 64, 64), torch.randint(0, 10, (32,)))
-    x = data.tensors[0][:2]
-    with torch.no_grad():
-        outputs_before = tree_flatten(model(x))[0]
-    before = _snapshot(model)
     result = falf_fx.compress(model, DataLoader(data, batch_size=8), target_macs=0.5, finetune_epochs=1,
                               loss_fn=lambda out, batch: F.cross_entropy(out.logits, batch[1]), progress=False,
                               measure_latency=False)
     assert result.report["target"]["met"] and result.report["macs_ratio"] <= 0.5
-    assert type(result.model(x)).__name__ == "ImageClassifierOutputWithNoAttention"
-    _assert_untouched(model, before, outputs_before, x)
+    assert type(result.model(data.tensors[0][:2])).__name__ == "ImageClassifierOutputWithNoAttention"
