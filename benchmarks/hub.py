@@ -58,9 +58,11 @@ Keypoint R-CNN the RPN's predictors, the FPN's ``layer_blocks``, ``box_head``,
 ``box_predictor``, ``mask_predictor``; RetinaNets ``cls_logits``, ``bbox_reg``
 (the example names one of each pair of variants; the other gets the same).
 
-Everything runs in this process, one model after another: about 12 min on 2
-(shared) cores, 3.5 of them for the Hugging Face and Ultralytics models (90 s of
-it Torch-Pruning running out of its budget thrice), 8.5 for the detectors.
+Everything runs in this process, one model after another: about 6 min on 2
+cores, 4 of them for the Hugging Face and Ultralytics models (90 s of it
+Torch-Pruning running out of its budget thrice), under 2 for the detectors;
+twice that with a test run sharing the cores.  ``settings.commit`` says which
+checkout ran ("+dirty": falf_fx's sources differed from it).
 No child processes or memory limits; each tool's prune call (falf_fx's
 ``prune``, Torch-Pruning's pruner construction plus ``step``) has one time
 budget (``--budget``, SIGALRM raising in the call), only so that a call that
@@ -98,7 +100,7 @@ from zoo import output_layers  # noqa: E402
 
 RATIO = 0.5
 OUT = "hub.json"
-BUDGET_S = 30  # calls that return take under 3 s here, a detector's up to 17 s (Keypoint R-CNN)
+BUDGET_S = 30  # calls that return take under 3 s here, a detector's under 6 s (17 s on shared cores)
 
 
 class Budget:
@@ -487,6 +489,20 @@ def _quiet() -> None:
         pass
 
 
+def _commit() -> str:
+    """The checkout's commit, "+dirty" when falf_fx's sources differ from it (the library moves under a run)."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "falf_fx", "passes"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def main() -> None:
     global BUDGET_S
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -509,6 +525,7 @@ def main() -> None:
     names = args.models or list(todo)
     facts = machine(torch.get_num_threads())
     settings = {"ratio": RATIO, "budget_s": BUDGET_S, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "commit": _commit(),
                 **{dist: version(dist) for dist in ("torch", "torchvision", "transformers", "ultralytics",
                                                     "torch-pruning", "falf_fx")},
                 "falf_fx_setup": "prune(model, x, ratio=0.5); check_equivalence(model, x, seed=0)",
