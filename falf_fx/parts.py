@@ -8,7 +8,9 @@ what each of its direct submodules is called with; each submodule with parameter
 is then captured with those inputs, in parts again if need be.  Every part is
 pruned inside, and its inputs and outputs (the interface with the code around it)
 keep their channels, so the user's own object, its parts replaced by slim
-GraphModules under the same names, still runs as before.
+GraphModules under the same names, still runs as before.  A slim part (and a Hugging
+Face or Ultralytics model captured whole) also keeps its class's interface:
+:func:`adopt_interface`.
 """
 from __future__ import annotations
 
@@ -77,7 +79,8 @@ def adopt_interface(slim: fx.GraphModule, original: nn.Module) -> fx.GraphModule
     reading ``self.num_classes``): the slim GraphModule becomes an instance of a class
     deriving from both its own and the original's (``isinstance`` still holds), the
     bare containers fx made for the submodules it traced through get their original
-    classes back, and each gets the original's non-tensor, non-module attributes.
+    classes back, and each gets copies of the original's attributes that are not
+    modules (nor already the slim graph's own parameters, buffers or submodules).
     The forward stays the slim graph's; the leaves are the slim layers.  Attributes are
     copies: a slim model's config is its own, the user's stays as it was.
     """
