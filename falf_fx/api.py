@@ -13,7 +13,8 @@ from falf_fx.passes.rewrite import slim_graph_module
 
 from .errors import FalfTypeError, FalfValueError
 from .capture import LeafSpec
-from .parts import adopt_interface, capture_parts, is_library_model
+from .library_models import is_library_model, warn_stale_config
+from .parts import adopt_interface, capture_parts
 from .importance import group_importance
 from .planning import plan_by_ratio
 
@@ -97,4 +98,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importan
     result = slim_parts[0][1] if whole else model if inplace else copy.deepcopy(model)
     for name, slim in slim_parts[1:] if whole else slim_parts:
         result.set_submodule(name, adopt_interface(slim, result.get_submodule(name)))
-    return adopt_interface(result, model) if whole and is_library_model(model) else result
+    if whole and is_library_model(model):
+        result = adopt_interface(result, model)
+        warn_stale_config(result)
+    return result

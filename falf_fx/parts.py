@@ -29,7 +29,7 @@ from falf_fx.passes.modes import attributes_kept, eval_mode
 from .capture import LeafSpec, as_input_tuple, trace
 from .errors import TraceError
 
-__all__ = ["ADOPTED", "LIBRARY_MODELS", "Part", "adopt_interface", "capture_parts", "is_library_model"]
+__all__ = ["ADOPTED", "Part", "adopt_interface", "capture_parts"]
 
 
 @dataclass(frozen=True)
@@ -96,15 +96,6 @@ def adopt_interface(slim: fx.GraphModule, original: nn.Module) -> fx.GraphModule
             if type(counterpart) is not nn.Module:
                 _adopt(module, counterpart, (type(counterpart),))
     return slim
-
-
-# Models whose classes users keep calling after pruning: save_pretrained / generate, and the Ultralytics
-# trainer (model.model[-1], model.args): a slim model captured whole is returned as one of them too.
-LIBRARY_MODELS = (("transformers.modeling_utils", "PreTrainedModel"), ("ultralytics.nn.tasks", "BaseModel"))
-
-
-def is_library_model(model: nn.Module) -> bool:
-    return any((base.__module__, base.__name__) in LIBRARY_MODELS for base in type(model).__mro__)
 
 
 def _has_parameters(module: nn.Module) -> bool:

@@ -98,10 +98,16 @@ def test_ultralytics_detection_model_as_passed(cfg: str, mode: str, tmp_path) ->
 
 
 def test_slim_hugging_face_model_keeps_its_class(tmp_path) -> None:
+    from falf_fx.library_models import stale_config
+
     build, example = HUGGING_FACE["vit"]
     model, x = build().eval(), example()
-    slim = falf_fx.prune(model, x, ratio=0.5)
+    with pytest.warns(UserWarning, match="config still describes the original widths"):
+        slim = falf_fx.prune(model, x, ratio=0.5)
     assert slim.config is not model.config and slim.config.to_dict() == model.config.to_dict()
+    stale = stale_config(slim)
+    assert stale and all(have != want for have, want in stale.values())
+    assert any("intermediate" in name or "q_proj" in name for name in stale)
     slim.save_pretrained(tmp_path)
     saved = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "model.safetensors")
     # transformers renames some keys on save: compare the tensors' shapes, which are the slim ones
