@@ -86,6 +86,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -182,11 +183,53 @@ def _tensors_equal(a: list, b: list) -> bool:
                                     for u, v in zip(a, b))
 
 
+def _tp_step(model, example_inputs, ignored_layers) -> dict:
+    """Torch-Pruning's README recipe on ``model`` (in place), timed under the budget: the record so far."""
+    import torch_pruning as tp
+
+    record: dict = {"ok": False, "exact": "n/a"}  # Torch-Pruning does not claim it
+    try:
+        ignored = ignored_layers()
+        names = {m: n for n, m in model.named_modules()}
+        record["ignored_layers"] = [names[m] for m in ignored]
+        start = time.perf_counter()
+        with Budget(BUDGET_S):
+            pruner = tp.pruner.MagnitudePruner(model, example_inputs=example_inputs,
+                                               importance=tp.importance.MagnitudeImportance(p=1),
+                                               pruning_ratio=RATIO, ignored_layers=ignored)
+            pruner.step()
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        record["ok"] = True
+    except Exception as error:  # noqa: BLE001 - a failure is a result
+        record["error"] = _error(error)
+    return record
+
+
+def _exactness(model, inputs) -> tuple[Optional[bool], Optional[float], int, Optional[str]]:
+    """The oracle on a random plan: (exact, max relative difference, channels removed, error)."""
+    from falf_fx.errors import EquivalenceError
+    from falf_fx.testing import check_equivalence
+
+    try:
+        result = check_equivalence(model, inputs, seed=0)
+        return True, result.max_rel_diff, result.channels_removed, None
+    except EquivalenceError as error:
+        found = re.search(r"relative ([0-9.e+-]+)", str(error))
+        return False, float(found.group(1)) if found else None, 0, _error(error)
+    except Exception as error:  # noqa: BLE001 - the oracle could not run at all
+        return None, None, 0, _error(error)
+
+
+def _original_unchanged(record: dict, model, x, before: list) -> None:
+    try:
+        record["original_unchanged"] = _tensors_equal(before, _outputs(model, x))
+    except Exception as error:  # noqa: BLE001
+        record.update(original_unchanged=False, original_error=_error(error))
+
+
 def run_falf(model, x, before: list, full) -> dict:
     import falf_fx
-    from falf_fx.errors import EquivalenceError
     from falf_fx.flops import count_cost
-    from falf_fx.testing import check_equivalence
 
     record: dict = {"ok": False}
     try:
@@ -204,19 +247,13 @@ def run_falf(model, x, before: list, full) -> dict:
             record.update(slim_runs=False, slim_error=_error(error))
     except Exception as error:  # noqa: BLE001
         record["error"] = _error(error)
-    try:
-        result = check_equivalence(model, x, seed=0)
-        record.update(exact=True, max_rel_diff=result.max_rel_diff, channels_removed=result.channels_removed)
-    except EquivalenceError as error:
-        found = re.search(r"relative ([0-9.e+-]+)", str(error))
-        record.update(exact=False, max_rel_diff=float(found.group(1)) if found else None,
-                      exact_error=_error(error))
-    except Exception as error:  # noqa: BLE001 - the oracle could not run at all
-        record.update(exact=None, exact_error=_error(error))
-    try:
-        record["original_unchanged"] = _tensors_equal(before, _outputs(model, x))
-    except Exception as error:  # noqa: BLE001
-        record.update(original_unchanged=False, original_error=_error(error))
+    exact, worst, removed, failure = _exactness(model, x)
+    record.update(exact=exact, max_rel_diff=worst)
+    if exact:
+        record["channels_removed"] = removed
+    if failure:
+        record["exact_error"] = failure
+    _original_unchanged(record, model, x, before)
     return record
 
 
@@ -227,25 +264,11 @@ def _tp_ignored(model, x) -> list:
 
 def run_tp(model, x, shapes: list, full) -> dict:
     """Torch-Pruning on ``model`` (a copy: pruned in place); MACs against ``full``, the original's cost."""
-    import torch_pruning as tp
 
     from falf_fx.flops import count_cost
 
-    record: dict = {"ok": False, "exact": "n/a"}  # Torch-Pruning does not claim it
-    try:
-        ignored = _tp_ignored(model, x)
-        names = {m: n for n, m in model.named_modules()}
-        record["ignored_layers"] = [names[m] for m in ignored]
-        start = time.perf_counter()
-        with Budget(BUDGET_S):
-            pruner = tp.pruner.MagnitudePruner(model, example_inputs=x,
-                                               importance=tp.importance.MagnitudeImportance(p=1),
-                                               pruning_ratio=RATIO, ignored_layers=ignored)
-            pruner.step()
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        record["ok"] = True
-    except Exception as error:  # noqa: BLE001 - a failure is a result
-        record["error"] = _error(error)
+    record = _tp_step(model, x, lambda: _tp_ignored(model, x))
+    if not record["ok"]:
         return record
     try:
         got = [tuple(t.shape) for t in _outputs(model, x) if isinstance(t, torch.Tensor)]
@@ -307,8 +330,6 @@ def _same_work(original: tuple, recorded: tuple) -> tuple:
 
 def run_falf_detector(model, images: list, parts, before: list, full_macs: int) -> dict:
     import falf_fx
-    from falf_fx.errors import EquivalenceError
-    from falf_fx.testing import check_equivalence
 
     record: dict = {"ok": False}
     try:
@@ -334,47 +355,25 @@ def run_falf_detector(model, images: list, parts, before: list, full_macs: int) 
         record["error"] = _error(error)
     worst, removed, failures = 0.0, 0, []
     for part in parts:
-        try:
-            result = check_equivalence(part.graph_module, part.example_inputs, seed=0)
-            worst, removed = max(worst, result.max_rel_diff), removed + result.channels_removed
-        except EquivalenceError as error:
-            found = re.search(r"relative ([0-9.e+-]+)", str(error))
-            worst = max(worst, float(found.group(1))) if found else worst
-            failures.append(f"{part.name}: {_error(error)}")
-        except Exception as error:  # noqa: BLE001 - the oracle could not run at all
-            failures.append(f"{part.name}: {_error(error)}")
+        exact, rel, part_removed, failure = _exactness(part.graph_module, part.example_inputs)
+        worst, removed = max(worst, rel or 0.0), removed + part_removed
+        if failure:
+            failures.append(f"{part.name}: {failure}")
     record.update(exact=not failures, max_rel_diff=worst, channels_removed=removed, parts=[p.name for p in parts])
     if failures:
         record["exact_error"] = "; ".join(failures)[:600]
-    try:
-        record["original_unchanged"] = _tensors_equal(before, _outputs(model, images))
-    except Exception as error:  # noqa: BLE001
-        record.update(original_unchanged=False, original_error=_error(error))
+    _original_unchanged(record, model, images, before)
     return record
 
 
 def run_tp_detector(name: str, model, images: list, parts, full_macs: int) -> dict:
     """Torch-Pruning on a detector (a copy: pruned in place), as its torchvision example does."""
-    import torch_pruning as tp
 
     from falf_fx.parts import record_calls
 
-    record: dict = {"ok": False, "exact": "n/a"}
     params = sum(p.numel() for p in model.parameters())
-    try:
-        ignored = _tp_ignored_detector(name, model)
-        names = {m: n for n, m in model.named_modules()}
-        record["ignored_layers"] = [names[m] for m in ignored]
-        start = time.perf_counter()
-        with Budget(BUDGET_S):
-            pruner = tp.pruner.MagnitudePruner(model, example_inputs=[images],
-                                               importance=tp.importance.MagnitudeImportance(p=1),
-                                               pruning_ratio=RATIO, ignored_layers=ignored)
-            pruner.step()
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        record["ok"] = True
-    except Exception as error:  # noqa: BLE001 - a failure is a result
-        record["error"] = _error(error)
+    record = _tp_step(model, [images], lambda: _tp_ignored_detector(name, model))
+    if not record["ok"]:
         return record
     record["params_ratio"] = round(sum(p.numel() for p in model.parameters()) / params, 4)
     try:

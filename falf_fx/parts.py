@@ -107,10 +107,11 @@ def _positional(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]
     if not kwargs:
         return args
     try:
-        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        signature = inspect.signature(module.forward)
+        bound = signature.bind(*args, **kwargs)
     except (TypeError, ValueError):
         return None
-    parameters = list(inspect.signature(module.forward).parameters.values())
+    parameters = list(signature.parameters.values())
     given = [p for p in parameters if p.name in bound.arguments]
     if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in given):
         return None

@@ -46,9 +46,10 @@ def _empty_like(value):
     tuples and dicts (a detector part takes a list of feature maps)."""
     if isinstance(value, torch.Tensor):
         return torch.empty(value.shape, dtype=value.dtype)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_empty_like(v) for v in value) if type(value) in (list, tuple) else \
-            [_empty_like(v) for v in value] if isinstance(value, list) else tuple(_empty_like(v) for v in value)
+    if isinstance(value, list):  # fx's immutable_list too
+        return [_empty_like(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_empty_like(v) for v in value)
     if isinstance(value, dict):
         return {k: _empty_like(v) for k, v in value.items()}
     return value

@@ -18,36 +18,9 @@ import torch
 from torch.nn import functional as F
 
 from ..rule_registry import Layout, RuleContext, register_rule
+from .common import couple_axes
 
 __all__: list[str] = []
-
-
-def _broadcast_batch(ctx: RuleContext, operands: Sequence[tuple[tuple[int, ...], Layout]],
-                     out_shape: Sequence[int], batch_rank: int, out: Layout) -> None:
-    """The leading (batch) axes of matrix operands broadcast like an elementwise op's."""
-    rank = len(out_shape)
-    for od in range(batch_rank):
-        tracked: list[np.ndarray] = []
-        blocked = False
-        for shape, layout in operands:
-            index = od - (rank - len(shape))
-            if index < 0:
-                continue
-            atoms = layout.get(index)
-            if shape[index] == out_shape[od]:
-                if atoms is None:
-                    blocked = True
-                else:
-                    tracked.append(atoms)
-            elif atoms is not None:
-                ctx.space.freeze(atoms, f"a single channel broadcast over many ({ctx.where})")
-        if tracked and blocked:
-            for atoms in tracked:
-                ctx.space.freeze(atoms, f"combined with a tensor whose channels cannot be sliced ({ctx.where})")
-        elif tracked:
-            for atoms in tracked[1:]:
-                ctx.space.unite(tracked[0], atoms)
-            out[od] = tracked[0]
 
 
 def _contract(ctx: RuleContext, a: Optional[np.ndarray], b: Optional[np.ndarray]) -> None:
@@ -78,7 +51,7 @@ def _matmul(ctx: RuleContext) -> Layout:
         out[rank - 2] = rows
     if (columns := layout_b.pop(rank_b - 1, None)) is not None:
         out[rank - 1] = columns
-    _broadcast_batch(ctx, [(shape_a[:-2], layout_a), (shape_b[:-2], layout_b)], out_shape[:-2], rank - 2, out)
+    out.update(couple_axes(ctx, [(shape_a[:-2], layout_a), (shape_b[:-2], layout_b)], out_shape[:-2]))
     return out
 
 
@@ -119,7 +92,7 @@ def _attention(ctx: RuleContext) -> Layout:
         for _, layout in batch:
             ctx.freeze(layout, "grouped-query attention heads")
         return out
-    _broadcast_batch(ctx, batch, out_shape[:-2], rank - 2, out)
+    out.update(couple_axes(ctx, batch, out_shape[:-2]))
     return out
 
 

@@ -10,7 +10,7 @@ from torch import fx
 
 from ..rule_registry import Layout, RuleContext
 
-__all__ = ["freeze_inputs", "untracked_like", "couple", "tensor_operands", "normalize_dim", "first_tensor", "parse_dims"]
+__all__ = ["freeze_inputs", "untracked_like", "couple", "couple_axes", "tensor_operands", "normalize_dim", "first_tensor", "parse_dims"]
 
 
 def untracked_like(value: Any) -> Any:
@@ -63,9 +63,15 @@ def couple(ctx: RuleContext, operands: Sequence[fx.Node], out_shape: Sequence[in
     * a size-1 axis broadcast over many positions does not couple, but if it is a
       tracked single channel it is frozen (removing it would change the shape).
     """
+    return couple_axes(ctx, [(ctx.shape(operand), ctx.layout(operand) or {}) for operand in operands], out_shape,
+                       skip_dims)
+
+
+def couple_axes(ctx: RuleContext, seen: Sequence[tuple[Sequence[int], Layout]], out_shape: Sequence[int],
+                skip_dims: Sequence[int] = ()) -> Layout:
+    """:func:`couple` on given (shape, layout) pairs: the batch axes of matrix operands, their last two set apart."""
     rank = len(out_shape)
     out: Layout = {}
-    seen = [(ctx.shape(operand), ctx.layout(operand) or {}) for operand in operands]
     # only output dims some operand tracks can unite or freeze anything (a DenseNet concatenation
     # has many operands and tracks one dim)
     dims = sorted({d + rank - len(shape) for shape, layout in seen for d in layout} - set(skip_dims))
