@@ -100,8 +100,8 @@ def run_config(task: dict) -> dict:
                 "seconds": round(time.perf_counter() - t0, 1)}
     rounds_run = len(result.history)
     aux = task["options"].get("aux_epochs", SETTINGS["falf_defaults"]["aux_epochs"]) if task["method"] == "falf" else 0
-    return {**_public(task), "accuracy": result.report["after"]["accuracy"],
-            "accuracy_before": result.report["before"]["accuracy"], "macs_ratio": result.report["macs_ratio"],
+    return {**_public(task), "accuracy": result.report["after"]["metric"],
+            "accuracy_before": result.report["before"]["metric"], "macs_ratio": result.report["macs_ratio"],
             "macs_after": result.report["after"]["macs"], "params_after": result.report["after"]["params"],
             "rounds_run": rounds_run, "finetune_epochs_total": rounds_run * task["finetune_epochs"],
             "aux_epochs_total": rounds_run * aux, "train_epochs": rounds_run * (task["finetune_epochs"] + aux),

@@ -90,8 +90,8 @@ def run(task: dict) -> dict:
                                   seed=task["seed"], progress=False, measure_latency=False)
     except Exception as error:
         return {**public, "error": f"{type(error).__name__}: {error}", "seconds": round(time.perf_counter() - t0, 1)}
-    return {**public, "accuracy": result.report["after"]["accuracy"],
-            "accuracy_before": result.report["before"]["accuracy"], "macs_ratio": result.report["macs_ratio"],
+    return {**public, "accuracy": result.report["after"]["metric"],
+            "accuracy_before": result.report["before"]["metric"], "macs_ratio": result.report["macs_ratio"],
             "rounds_run": len(result.history), "history": result.history,
             "seconds": round(time.perf_counter() - t0, 1)}
 

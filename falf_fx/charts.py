@@ -75,7 +75,7 @@ def widths_chart(before: Mapping[str, int], after: Optional[Mapping[str, int]] =
     return _to_svg(figure, "widths")
 
 
-def rounds_chart(history: Sequence[Mapping[str, Any]], base_metric: Optional[float], metric: str = "accuracy") -> str:
+def rounds_chart(history: Sequence[Mapping[str, Any]], base_metric: Optional[float], metric: str) -> str:
     """The metric and the kept share of MACs after every round; rounds undone by the tolerance are hollow."""
     pyplot = _pyplot()
     figure, ax = pyplot.subplots(figsize=(6.5, 3.2))
@@ -86,7 +86,7 @@ def rounds_chart(history: Sequence[Mapping[str, Any]], base_metric: Optional[flo
     ax.set_ylabel("MACs kept", color=_AFTER)
     ax.set_xlabel("round (0: the model before compression)")
     ax.set_xticks(rounds)
-    scores = [base_metric] + [r.get(metric) for r in history]
+    scores = [base_metric] + [r.get("metric") for r in history]
     if any(s is not None for s in scores):
         right = ax.twinx()
         points = [(x, s, r) for x, s, r in zip(rounds, scores, [{"kept": True}] + list(history)) if s is not None]

@@ -244,12 +244,12 @@ def _check_compress_args(a: argparse.Namespace) -> None:
     """Every value that cannot work is refused before the model is loaded or trained."""
     if a.target_macs is None and a.tolerance is None:
         raise CliError("give --target-macs (e.g. 0.25 of the original MACs), --tolerance (e.g. 0.01 = one "
-                       "point of accuracy), or both")
+                       "point of top-1 accuracy), or both")
     if a.target_macs is not None and not 0.0 < a.target_macs < 1.0:
         raise CliError(f"--target-macs is the fraction of the original MACs to keep, strictly between 0 and 1, "
                        f"got {a.target_macs}")
     if a.tolerance is not None and not 0.0 <= a.tolerance < 1.0:
-        raise CliError(f"--tolerance is an accuracy drop between 0 and 1 (0.01 = one point), got {a.tolerance}")
+        raise CliError(f"--tolerance is a top-1 accuracy drop between 0 and 1 (0.01 = one point), got {a.tolerance}")
     for flag, value, least in (("--rounds", a.rounds, 1), ("--batch-size", a.batch_size, 1),
                                ("--pretrain-epochs", a.pretrain_epochs, 0), ("--finetune-epochs", a.finetune_epochs, 0)):
         if value is not None and value < least:
@@ -327,7 +327,7 @@ def _cmd_compress(s: _Session) -> None:
         return
     s.emit(compress_table(result.report, title=f"{a.model} on {a.data}: {result.report['method']}"))
     for record in result.history:
-        accuracy = f", accuracy {record['accuracy']:.4f}" if "accuracy" in record else ""
+        accuracy = f", {result.report['metric']} {record['metric']:.4f}" if "metric" in record else ""
         verdict = "kept" if record["kept"] else "undone (over --tolerance)"
         s.out.print(f"round {record['round']}: {record['channels_removed']} channels removed, "
                     f"MACs x{record['macs_ratio']:.3f}{accuracy}: {verdict}", soft_wrap=True, markup=False)

@@ -1,4 +1,4 @@
-"""compress(): score -> slim -> fine-tune rounds until a MACs target or an accuracy tolerance."""
+"""compress(): score -> slim -> fine-tune rounds until a MACs target or a metric tolerance."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_structure
 from torch.utils.data import DataLoader
 
 from falf_fx.passes.analysis import Analysis, analyze_graph
@@ -25,10 +26,11 @@ from .errors import FalfError, FalfTypeError, FalfValueError
 from .distill import Distillation, DistillationError, distillation_loss
 from .flops import cost_and_macs_by_module, latency_ms, layer_widths
 from .methods import PruningMethod, method_options, resolve_method
-from .methods.base import Round
+from .methods.base import Phase, Round, own_loop
+from .metrics import resolve_metric
 from .serialize import from_plain, to_plain
 from .planning import ALLOCATIONS, MacsModel, allocate, channel_mac_costs
-from .training import TrainConfig, evaluate, is_distributed, steps_per_epoch, train
+from .training import TrainConfig, is_distributed, steps_per_epoch
 
 __all__ = ["CompressResult", "FineTuneBudget", "compress"]
 
@@ -134,11 +136,11 @@ def _round_goal(before_macs: float, current: float, index: int, rounds: int, tar
     return before_macs * target_macs ** ((index + 1) / rounds)  # geometric, landing on the target last
 
 
-def _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocation, min_keep) -> None:
+def _check_options(target_macs, tolerance, val_loader, evaluate, finetune_epochs, allocation, min_keep) -> None:
     if target_macs is None and tolerance is None:
         raise FalfValueError("give target_macs (e.g. 0.25 of the original MACs), tolerance (e.g. 0.01), or both")
-    if tolerance is not None and val_loader is None:
-        raise FalfValueError("tolerance is measured on val_loader: pass val_loader=")
+    if tolerance is not None and val_loader is None and not callable(evaluate):
+        raise FalfValueError("tolerance is measured on val_loader: pass val_loader= (or evaluate=callable)")
     if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
         raise FalfValueError(f"finetune_epochs is the whole run's fine-tuning budget, a whole number >= 0, "
                          f"not {finetune_epochs!r}")
@@ -148,127 +150,220 @@ def _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocati
         raise FalfValueError(f"min_keep is the share of every group that stays, in [0, 1), not {min_keep}")
 
 
+class _Run:
+    """One compress run: the set-up, then rounds of score -> slim -> fine-tune -> measure -> checkpoint.
+
+    ``compress`` drives it to the end; :class:`falf_fx.session.PruningSession` drives
+    the same rounds with the user's loop as the trainer, one round at a time.
+    """
+
+    def __init__(self, model: nn.Module, loader: DataLoader, *, method: Union[str, PruningMethod],
+                 example_inputs: Any, val_loader: Optional[DataLoader], loss_fn: Optional[Callable],
+                 evaluate: Union[None, str, Callable[[nn.Module], float]], target_macs: Optional[float],
+                 tolerance: Optional[float], rounds: Optional[int], step: float, finetune_epochs: int,
+                 finetune_lr: float, warmup: float, allocation: str, min_keep: float, distill: Optional[float],
+                 distill_temperature: float, checkpoint_dir: Optional[str], resume: bool, seed: int,
+                 progress: bool, measure_latency: bool, trainer: Optional[Callable[[Phase], None]]) -> None:
+        _check_options(target_macs, tolerance, val_loader, evaluate, finetune_epochs, allocation, min_keep)
+        self.pruner = copy.deepcopy(resolve_method(method))  # a method object is the caller's: never changed
+        self.rounds = rounds or self.pruner.default_rounds
+        self.loader, self.target_macs, self.tolerance, self.step, self.seed = loader, target_macs, tolerance, step, seed
+        self.allocation, self.min_keep, self.progress, self.measure_latency = allocation, min_keep, progress, \
+            measure_latency
+        batch = _first_batch(loader)
+        self.example = example_inputs if example_inputs is not None else batch[0][:1]
+        self.classes, logits = _check_classifier(model, batch, loss_fn is not None)
+        self.metric = resolve_metric(evaluate, val_loader, logits)
+        if tolerance is not None and self.metric is None:
+            raise FalfValueError("tolerance is measured by a metric: pass val_loader= (and evaluate= unless the "
+                                 "outputs are class logits)")
+        self.val_loader = val_loader
+        self.distillation = _distillation(distill, distill_temperature, logits)
+        self.main_loss = loss_fn or _default_loss
+        self.store = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
+        self.resume = resume
+        if resume and (self.store is None or not self.store.has_any()):
+            raise CheckpointError(f"resume=True but there is no checkpoint in {checkpoint_dir!r}")
+        self.model_type = type(model).__name__
+        self.gm = trace(copy.deepcopy(model), self.example)  # the caller's model is left as it was
+        self.origin = fingerprint(self.gm)
+        self.output_structure = _output_structure(self.gm, self.example)
+        # fvcore runs once here and once per round (on the candidate, for its record); the rest is predicted
+        self.before, self.per_module = cost_and_macs_by_module(self.gm, self.example)
+        self.analysis = analyze_graph(self.gm)
+        if target_macs is not None:
+            _check_target(self.analysis, MacsModel(self.analysis, self.per_module, self.before.macs), target_macs)
+        self.base_metric = self._measure(self.gm, "before pruning")
+        self.report_before = {"macs": self.before.macs, "flops": self.before.flops, "params": self.before.params,
+                              "metric": self.base_metric, "widths": layer_widths(self.gm),
+                              "latency_ms": latency_ms(self.gm, self.example) if measure_latency else None}
+        self.budget = FineTuneBudget(finetune_epochs, self.rounds, finetune_lr, warmup,
+                                     steps_per_epoch(loader, TrainConfig()))
+        finetune_loss = (distillation_loss(self.gm, self.main_loss, self.distillation)
+                         if self.distillation.enabled else self.main_loss)
+        if trainer is None:  # falf_fx's own loop: the distilled loss when fine-tuning, the task loss otherwise
+            own = {"finetune": own_loop(loader, finetune_loss, self.store, resume, progress),
+                   "method": own_loop(loader, self.main_loss, self.store, resume, progress)}
+            trainer = lambda phase: own["finetune" if phase.kind == "finetune" else "method"](phase)  # noqa: E731
+        self.trainer = trainer
+        if self.store is not None:
+            _check_checkpointable(self.gm)
+        self.history: list[dict[str, Any]] = []
+        self.next_round, self.stopped = 0, False
+        self.current = self.before
+        if resume and self.store.path(_STATE).exists():
+            self.load_state(self.store.load(_STATE, self.origin))  # weights_only: a tampered file is refused
+
+    # -- state between rounds (checkpoints, PruningSession.state_dict) ---------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs, in the pickle-free format (tensors, strings, numbers)."""
+        return {"model": to_plain(self.gm), "history": json.dumps(self.history, default=_plain),
+                "round": self.next_round - 1, "method": json.dumps(self.pruner.state(), default=_plain),
+                "stopped": self.stopped}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("fingerprint", self.origin) != self.origin:
+            raise CheckpointError("this state comes from a run on another model (its parameter names or shapes "
+                                  "differ): load it into a session made from the same model")
+        try:
+            self.gm = trace(from_plain(state["model"]), self.example)
+        except (KeyError, ValueError, TypeError) as error:  # a graph that names what the format does not allow
+            raise CheckpointError(f"state refused: {error}") from error
+        self.history, self.next_round = json.loads(state["history"]), int(state["round"]) + 1
+        self.pruner.load_state(json.loads(state["method"]))
+        self.stopped = bool(state["stopped"])
+        self.current, self.per_module = cost_and_macs_by_module(self.gm, self.example)
+
+    # -- the rounds ---------------------------------------------------------------------------------------
+
+    def _measure(self, model: nn.Module, where: str) -> Optional[float]:
+        return None if self.metric is None else self.metric(model, where)
+
+    def _kept_metric(self) -> Optional[float]:
+        return next((r["metric"] for r in reversed(self.history) if r["kept"] and "metric" in r), self.base_metric)
+
+    def done(self) -> bool:
+        reached = self.target_macs is not None and self.current.macs <= self.target_macs * self.before.macs * 1.001
+        return self.stopped or reached or self.next_round >= self.rounds
+
+    def run_round(self) -> dict[str, Any]:
+        """One round, its record appended to the history and, with a checkpoint directory, saved."""
+        index = self.next_round
+        goal_macs = _round_goal(self.before.macs, self.current.macs, index, self.rounds, self.target_macs, self.step)
+        if self.analysis.graph_module is not self.gm:  # a kept round, or a resumed run: analyse what is cut
+            self.analysis = analyze_graph(self.gm)
+        round_ = Round(self.gm, self.analysis, self.loader, self.main_loss, self.classes, index, self.seed,
+                       macs_to_remove=self.current.macs - goal_macs,
+                       costs=channel_mac_costs(self.analysis, self.per_module), total_macs=self.current.macs,
+                       target_macs=None if self.target_macs is None else self.target_macs * self.before.macs,
+                       val_loader=self.val_loader, checkpoints=self.store, resume=self.resume, progress=self.progress,
+                       macs_model=MacsModel(self.analysis, self.per_module, self.current.macs),
+                       allocation=self.allocation, min_keep=self.min_keep, trainer=self.trainer)
+        proposal = self.pruner.propose(round_)
+        candidate = slim_graph_module(proposal.model, proposal.plan)
+        _check_output_structure(candidate, self.example, self.output_structure, index)
+        config = self.budget.config(index, self.seed)
+        if config.epochs:
+            self.trainer(round_.phase("finetune", candidate, config))
+        candidate_cost, candidate_per_module = cost_and_macs_by_module(candidate, self.example)
+        record = {"round": index + 1, "method": self.pruner.name, "channels_removed": proposal.plan.num_removed,
+                  "macs": candidate_cost.macs, "finetune_epochs": config.epochs,
+                  "auxiliary_epochs": dict(round_.auxiliary_epochs), **proposal.record}
+        record["macs_ratio"] = record["macs"] / self.before.macs
+        if self.metric is not None:
+            record["metric"] = self._measure(candidate, f"in round {index + 1}, after fine-tuning")
+        # outside the tolerance: keep the previous round's model
+        record["kept"] = self.tolerance is None or self.base_metric - record["metric"] <= self.tolerance
+        self.history.append(record)
+        if record["kept"]:
+            self.gm, self.current, self.per_module = candidate, candidate_cost, candidate_per_module
+        self.stopped = not self.pruner.observe(record)
+        self.next_round = index + 1
+        if self.store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
+            self.store.save(_STATE, self.origin, self.state())  # the safe format, written atomically
+        return record
+
+    def result(self) -> CompressResult:
+        after = self.current
+        report = {"model_type": self.model_type, "metric": None if self.metric is None else self.metric.name,
+                  "before": self.report_before,
+                  "after": {"macs": after.macs, "flops": after.flops, "params": after.params,
+                            "metric": self._kept_metric(), "widths": layer_widths(self.gm),
+                            "latency_ms": latency_ms(self.gm, self.example) if self.measure_latency else None},
+                  "method": self.pruner.name, "method_options": method_options(self.pruner),
+                  "macs_ratio": after.macs / self.before.macs,
+                  "target": _target_report(self.target_macs, after.macs / self.before.macs),
+                  "budget": _budget_report(self.budget, self.history, self.distillation, self.allocation,
+                                           self.min_keep)}
+        result = CompressResult(self.gm, report, self.history)
+        if self.store is not None:
+            report_json = json.dumps({**report, "history": self.history}, indent=1) + os.linesep
+            Path(self.store.directory, "report.json").write_text(report_json)
+            _write_html_report(result, self.example, Path(self.store.directory, "report.html"), self.measure_latency)
+        return result
+
+
 def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, PruningMethod] = "magnitude",
              example_inputs: Any = None,
              val_loader: Optional[DataLoader] = None, loss_fn: Optional[Callable] = None,
+             evaluate: Union[None, str, Callable[[nn.Module], float]] = None,
              target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: Optional[int] = None,
              step: float = 0.3, finetune_epochs: int = 8, finetune_lr: float = 0.02, warmup: float = 0.05,
+             finetune: Optional[Callable[[nn.Module, int, Phase], Any]] = None,
              allocation: str = "uniform", min_keep: float = 0.05, distill: Optional[float] = None,
              distill_temperature: float = 4.0, checkpoint_dir: Optional[str] = None, resume: bool = False,
              seed: int = 0, progress: bool = True, measure_latency: bool = True) -> CompressResult:
-    """Compress a trained classifier: rounds of score -> slim -> fine-tune.
+    """Compress a trained model: rounds of score -> slim -> fine-tune.
 
     ``method`` is a name (``"falf"``, with its defaults) or a method object with its
     options (``falf_fx.methods.FALF(aux_epochs=2)``, or your own ``PruningMethod``).
-    Stops at ``target_macs`` (fraction of the original MACs) or before the accuracy
-    on ``val_loader`` drops by more than ``tolerance`` (e.g. 0.01 = one point).
+    Stops at ``target_macs`` (fraction of the original MACs) or before the metric
+    drops by more than ``tolerance``, in the metric's units (0.01 = one point).  The
+    metric is ``evaluate``: ``"top1"`` (the default for class logits), ``"miou"``,
+    ``"map"``, ``"map50"`` (torchmetrics, on ``val_loader``) or ``callable(model) -> float``,
+    higher is better.  ``loss_fn(outputs, batch)`` gets the model's outputs as they
+    are (tensor, tuple, dict, ``ModelOutput``); a dict or list of losses is summed;
+    the default is cross-entropy on class logits.
     ``rounds`` is the most rounds to run (default: the method's own, 1 for magnitude);
     a method may stop earlier.  ``finetune_epochs`` is the fine-tuning budget of the
     whole run, shared by the rounds under one warm-up + cosine schedule peaking at
     ``finetune_lr``; methods' own phases (FALF's auxiliary phase...) come on top and
-    are reported apart.  Fine-tuning distils the original model's logits with weight
-    ``distill`` (0: off; by default 0.5 for class logits, off for other outputs) at
-    ``distill_temperature``.  ``allocation`` shares a MACs goal between groups:
-    ``uniform`` (the same share of every group), ``global`` or ``cost`` (scores ranked
-    across groups, ``cost`` per MAC saved); ``min_keep`` of every group stays.
-    ``measure_latency=False`` leaves the CPU latency out of the report (it costs
-    seconds; tests and sweeps do not need it).
+    are reported apart.  ``finetune(model, epochs, phase)`` hands every training
+    phase to your own loop instead: train ``model`` in place, adding
+    ``phase.penalty()`` (the method's term; zero when ``phase.kind == "finetune"``)
+    to your loss after each forward.  In falf_fx's loop fine-tuning distils the
+    original model's logits with weight ``distill`` (0: off; by default 0.5 for class
+    logits, off for other outputs) at ``distill_temperature``.  ``allocation``
+    shares a MACs goal between groups: ``uniform`` (the same share of every group),
+    ``global`` or ``cost`` (scores ranked across groups, ``cost`` per MAC saved);
+    ``min_keep`` of every group stays.  ``measure_latency=False`` leaves the CPU
+    latency out of the report (it costs seconds; tests and sweeps do not need it).
     """
-    _check_options(target_macs, tolerance, val_loader, finetune_epochs, allocation, min_keep)
-    pruner = copy.deepcopy(resolve_method(method))  # a method object is the caller's: a run never changes it
-    rounds = rounds or pruner.default_rounds
-    batch = _first_batch(loader)
-    example = example_inputs if example_inputs is not None else batch[0][:1]
-    classes, logits = _check_classifier(model, batch, loss_fn is not None)
-    distillation = _distillation(distill, distill_temperature, logits)
-    main_loss = loss_fn or _default_loss
-    store = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
-    if resume and (store is None or not store.has_any()):
-        raise CheckpointError(f"resume=True but there is no checkpoint in {checkpoint_dir!r}")
+    trainer = None if finetune is None else (lambda phase: finetune(phase.model, phase.epochs, phase))
+    run = _Run(model, loader, method=method, example_inputs=example_inputs, val_loader=val_loader, loss_fn=loss_fn,
+               evaluate=evaluate, target_macs=target_macs, tolerance=tolerance, rounds=rounds, step=step,
+               finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, warmup=warmup, allocation=allocation,
+               min_keep=min_keep, distill=distill, distill_temperature=distill_temperature,
+               checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, progress=progress,
+               measure_latency=measure_latency, trainer=trainer)
+    while not run.done():
+        run.run_round()
+    return run.result()
 
-    gm = trace(copy.deepcopy(model), example)  # the caller's model is left as it was
-    origin = fingerprint(gm)
-    # fvcore runs once here and once per round (on the candidate, for its record); the rest is predicted
-    before, per_module = cost_and_macs_by_module(gm, example)
-    analysis = analyze_graph(gm)
-    if target_macs is not None:
-        _check_target(analysis, MacsModel(analysis, per_module, before.macs), target_macs)
-    base_acc = evaluate(gm, val_loader)["accuracy"] if val_loader is not None else None
-    report_before = {"macs": before.macs, "flops": before.flops, "params": before.params, "accuracy": base_acc,
-                     "latency_ms": latency_ms(gm, example) if measure_latency else None, "widths": layer_widths(gm)}
-    budget = FineTuneBudget(finetune_epochs, rounds, finetune_lr, warmup, steps_per_epoch(loader, TrainConfig()))
-    finetune_loss = distillation_loss(gm, main_loss, distillation) if distillation.enabled else main_loss
-    history: list[dict[str, Any]] = []
-    start_round = 0
-    if store is not None:
-        _check_checkpointable(gm)
-    if resume and store.path(_STATE).exists():
-        state = store.load(_STATE, origin)  # weights_only: a tampered file is refused, never run
-        try:
-            gm = trace(from_plain(state["model"]), example)
-        except (KeyError, ValueError, TypeError) as error:  # a graph that names what the format does not allow
-            raise CheckpointError(f"checkpoint {store.path(_STATE)} refused: {error}") from error
-        history, start_round = json.loads(state["history"]), state["round"] + 1
-        pruner.load_state(json.loads(state["method"]))
-        if state["stopped"]:
-            start_round = rounds
-        current, per_module = cost_and_macs_by_module(gm, example)
-    else:
-        current = before
-    kept_acc = next((r["accuracy"] for r in reversed(history) if r["kept"] and "accuracy" in r), base_acc)
 
-    for index in range(start_round, rounds):
-        if target_macs is not None and current.macs <= target_macs * before.macs * 1.001:
-            break
-        goal_macs = _round_goal(before.macs, current.macs, index, rounds, target_macs, step)
-        if analysis.graph_module is not gm:  # a kept round, or a resumed run: analyse the model the round cuts
-            analysis = analyze_graph(gm)
-        round_ = Round(gm, analysis, loader, main_loss, classes, index, seed, macs_to_remove=current.macs - goal_macs,
-                       costs=channel_mac_costs(analysis, per_module), total_macs=current.macs,
-                       target_macs=None if target_macs is None else target_macs * before.macs,
-                       val_loader=val_loader, checkpoints=store, resume=resume, progress=progress,
-                       macs_model=MacsModel(analysis, per_module, current.macs), allocation=allocation,
-                       min_keep=min_keep)
-        proposal = pruner.propose(round_)
-        candidate = slim_graph_module(proposal.model, proposal.plan)
-        config = budget.config(index, seed)
-        if config.epochs:
-            train(candidate, loader, finetune_loss, config, phase=round_.phase("finetune"), checkpoints=store,
-                  resume=resume, progress=progress)
-        candidate_cost, candidate_per_module = cost_and_macs_by_module(candidate, example)
-        record = {"round": index + 1, "method": pruner.name, "channels_removed": proposal.plan.num_removed,
-                  "macs": candidate_cost.macs, "finetune_epochs": config.epochs,
-                  "auxiliary_epochs": dict(round_.auxiliary_epochs), **proposal.record}
-        record["macs_ratio"] = record["macs"] / before.macs
-        if val_loader is not None:
-            record["accuracy"] = evaluate(candidate, val_loader)["accuracy"]
-        # outside the tolerance: keep the previous round's model
-        record["kept"] = tolerance is None or base_acc - record["accuracy"] <= tolerance
-        history.append(record)
-        if record["kept"]:
-            gm, current, per_module, kept_acc = candidate, candidate_cost, candidate_per_module, record.get("accuracy")
-        go_on = pruner.observe(record)
-        if store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
-            # the safe format (state dict + graph description), plain JSON for the rest, written atomically
-            store.save(_STATE, origin, {"model": to_plain(gm), "history": json.dumps(history, default=_plain),
-                                        "round": index, "method": json.dumps(pruner.state(), default=_plain),
-                                        "stopped": not go_on})
-        if not go_on:
-            break
-    after = current
-    report = {"model_type": type(model).__name__, "before": report_before,
-              "after": {"macs": after.macs, "flops": after.flops, "params": after.params, "accuracy": kept_acc,
-                        "latency_ms": latency_ms(gm, example) if measure_latency else None,
-                        "widths": layer_widths(gm)},
-              "method": pruner.name, "method_options": method_options(pruner), "macs_ratio": after.macs / before.macs,
-              "target": _target_report(target_macs, after.macs / before.macs),
-              "budget": _budget_report(budget, history, distillation, allocation, min_keep)}
-    result = CompressResult(gm, report, history)
-    if store is not None:
-        report_json = json.dumps({**report, "history": history}, indent=1) + os.linesep
-        Path(store.directory, "report.json").write_text(report_json)
-        _write_html_report(result, example, Path(store.directory, "report.html"), measure_latency)
-    return result
+def _output_structure(model: nn.Module, example: Any) -> Any:
+    """The pytree structure of the model's eval outputs: what a slim model must still return."""
+    with torch.no_grad(), eval_mode(model), attributes_kept(model):  # YOLO's Detect keeps the input shape
+        outputs = model(*example) if isinstance(example, tuple) else model(example)
+    return tree_structure(outputs)
+
+
+def _check_output_structure(candidate: nn.Module, example: Any, expected: Any, index: int) -> None:
+    got = _output_structure(candidate, example)
+    if got != expected:
+        raise FalfError(f"round {index + 1}: the slim model's outputs are structured {got}, the original's "
+                        f"{expected}; this is a bug in falf_fx's rewrite, please report it with the model")
 
 
 def _write_html_report(result: CompressResult, example: Any, path: Path, measure_latency: bool) -> None:

@@ -30,7 +30,7 @@ from .compress import CompressResult
 from .flops import count_cost, latency_ms, layer_widths
 from .errors import FalfTypeError
 from .graph_views import GraphView, render_views
-from .text_report import CONVENTION, GroupsReport, group_colour, si
+from .text_report import CONVENTION, GroupsReport, group_colour, metric_label, si
 
 __all__ = ["ReportError", "report"]
 
@@ -64,9 +64,9 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _cost_rows(before: Mapping[str, Any], after: Optional[Mapping[str, Any]]) -> str:
+def _cost_rows(before: Mapping[str, Any], after: Optional[Mapping[str, Any]], metric: Optional[str]) -> str:
     rows = []
-    specs = (("Accuracy", "accuracy", lambda v: f"{v:.4f}"), ("MACs", "macs", si), ("FLOPs", "flops", si),
+    specs = ((metric_label(metric or "metric"), "metric", lambda v: f"{v:.4f}"), ("MACs", "macs", si), ("FLOPs", "flops", si),
              ("Parameters", "params", si), ("CPU latency", "latency_ms", lambda v: f"{v:.2f} ms"))
     for label, key, fmt in specs:
         b = before.get(key)
@@ -76,7 +76,7 @@ def _cost_rows(before: Mapping[str, Any], after: Optional[Mapping[str, Any]]) ->
         cells = [f"<th>{label}</th>", f"<td>{fmt(b) if b is not None else '–'}</td>"]
         if after is not None:
             cells.append(f"<td>{fmt(a) if a is not None else '–'}</td>")
-            if key == "accuracy":
+            if key == "metric":
                 cells.append(f"<td>{a - b:+.4f}</td>" if a is not None and b is not None else "<td>–</td>")
             else:
                 cells.append(f"<td>×{a / b:.3f}</td>" if a is not None and b else "<td>–</td>")
@@ -140,16 +140,16 @@ def _views_html(views: tuple[GraphView, ...]) -> str:
     return "".join(parts)
 
 
-def _history_rows(history: list[dict[str, Any]]) -> str:
+def _history_rows(history: list[dict[str, Any]], metric: str) -> str:
     rows = []
     for h in history:
         kept = h.get("kept", True)
-        accuracy = f"{h['accuracy']:.4f}" if h.get("accuracy") is not None else "–"
+        value = f"{h['metric']:.4f}" if h.get("metric") is not None else "–"
         rows.append(f"<tr class='round{'' if kept else ' undone'}'><td>{h['round']}</td>"
                     f"<td>{h['channels_removed']}</td>"
-                    f"<td>{h['macs_ratio']:.4f}</td><td>{accuracy}</td><td>{'kept' if kept else 'undone'}</td>"
+                    f"<td>{h['macs_ratio']:.4f}</td><td>{value}</td><td>{'kept' if kept else 'undone'}</td>"
                     f"<td>{h.get('finetune_epochs', '–')}</td></tr>")
-    return ("<table class='history'><tr><th>Round</th><th>Channels removed</th><th>MACs kept</th><th>Accuracy</th>"
+    return ("<table class='history'><tr><th>Round</th><th>Channels removed</th><th>MACs kept</th><th>{_e(metric_label(metric))}</th>"
             f"<th>Verdict</th><th>Fine-tune epochs</th></tr>{''.join(rows)}</table>")
 
 
@@ -160,7 +160,7 @@ def _run_section(result: CompressResult) -> str:
     distill = budget.get("distill", {})
     facts = [("Method", r["method"] + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")),
              ("MACs target", f"{target['macs']} of the original: reached {target['reached']:.4f}, "
-                             f"{'met' if target['met'] else 'MISSED'}" if target else "none (accuracy tolerance)"),
+                             f"{'met' if target['met'] else 'MISSED'}" if target else f"none ({metric_label(r['metric'])} tolerance)"),
              ("Fine-tuning", f"{budget.get('finetune_epochs', '–')} of {budget.get('finetune_epochs_budget', '–')} "
                              f"epochs, peak lr {budget.get('lr', '–')}, {budget.get('schedule', '')}"),
              ("Method's own epochs", ", ".join(f"{k}: {v}" for k, v in budget.get("auxiliary_epochs", {}).items())
@@ -170,9 +170,9 @@ def _run_section(result: CompressResult) -> str:
              ("Allocation", f"{budget.get('allocation', '–')}, at least {budget.get('min_keep', 0):.0%} of every "
                             "group kept")]
     rows = "".join(f"<tr><th>{k}</th><td>{_e(v)}</td></tr>" for k, v in facts)
-    chart = rounds_chart(result.history, r["before"].get("accuracy"))
+    chart = rounds_chart(result.history, r["before"].get("metric"), metric_label(r["metric"] or "metric"))
     return (f"<section id='run'><h2>The compression run</h2><table class='facts'>{rows}</table>"
-            f"<div class='chart' id='rounds-chart'>{chart}</div>{_history_rows(result.history)}</section>")
+            f"<div class='chart' id='rounds-chart'>{chart}</div>{_history_rows(result.history, r['metric'] or 'metric')}</section>")
 
 
 def _page(title: str, summary: str, sections: list[str], has_run: bool) -> str:
@@ -277,7 +277,7 @@ def report(model_or_result: Union[nn.Module, CompressResult], example_inputs: An
     views = render_views(gm, analysis, node_budget, model_type)
     frozen = _frozen_channels(analysis)
     widths_after = after["widths"] if after is not None else None
-    sections = [f"<section id='costs'><h2>Costs</h2>{_cost_rows(before, after)}{preview}"
+    sections = [f"<section id='costs'><h2>Costs</h2>{_cost_rows(before, after, result.report['metric'] if result else 'top1')}{preview}"
                 f"<p class='fine'>{_e(CONVENTION)}. {_latency_text(example)}</p></section>"]
     if result is not None:
         sections.append(_run_section(result))

@@ -327,17 +327,26 @@ def to_dot(analysis: Analysis, name: str = "model") -> str:
     return "\n".join(lines) + "\n"
 
 
+METRIC_LABELS = {"top1": "Top-1 accuracy", "miou": "mIoU", "map": "mAP (IoU 0.5:0.95)", "map50": "mAP@0.5"}
+
+
+def metric_label(name: str) -> str:
+    """How reports name a compress run's metric (a user's callable by its own name)."""
+    return METRIC_LABELS.get(name, name)
+
+
 def compress_table(report: dict[str, Any], title: str = "compress") -> Table:
-    """Before/after of falf_fx.compress: accuracy, MACs, FLOPs, parameters, CPU latency."""
+    """Before/after of falf_fx.compress: the task metric, MACs, FLOPs, parameters, CPU latency."""
     table = Table(title=title, caption=CONVENTION)
     for column in ("", "Before", "After", "After / before"):
         table.add_column(column, justify="right" if column else "left")
     before, after = report["before"], report["after"]
-    if before.get("accuracy") is not None:
-        table.add_row("Accuracy", f"{before['accuracy']:.4f}", f"{after['accuracy']:.4f}",
-                      f"{after['accuracy'] - before['accuracy']:+.4f}")
+    if before.get("metric") is not None:
+        table.add_row(metric_label(report["metric"]), f"{before['metric']:.4f}", f"{after['metric']:.4f}",
+                      f"{after['metric'] - before['metric']:+.4f}")
     for label, key in (("MACs", "macs"), ("FLOPs", "flops"), ("Parameters", "params")):
         table.add_row(label, si(before[key]), si(after[key]), f"{after[key] / before[key]:.3f}")
-    table.add_row("CPU latency (ms)", f"{before['latency_ms']:.3f}", f"{after['latency_ms']:.3f}",
-                  f"{after['latency_ms'] / before['latency_ms']:.3f}")
+    if before.get("latency_ms") is not None:
+        table.add_row("CPU latency (ms)", f"{before['latency_ms']:.3f}", f"{after['latency_ms']:.3f}",
+                      f"{after['latency_ms'] / before['latency_ms']:.3f}")
     return table

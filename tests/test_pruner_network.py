@@ -215,7 +215,7 @@ def test_npn_without_a_target_prunes_by_its_gates_inside_the_tolerance(data, tra
     assert "lambda_search" not in record and record["channels_removed"] == record["threshold_removed"] > 0
     if record["kept"]:
         assert result.report["macs_ratio"] < 1.0
-    assert result.report["before"]["accuracy"] - result.report["after"]["accuracy"] <= 0.05
+    assert result.report["before"]["metric"] - result.report["after"]["metric"] <= 0.05
 
 
 def test_without_a_val_loader_the_gates_come_from_held_out_training_data(data, trained):

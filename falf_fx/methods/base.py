@@ -8,6 +8,7 @@ fine-tune, measure, checkpoint, stop.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Protocol
 
@@ -21,10 +22,73 @@ from falf_fx.passes.plan import PruningPlan
 
 from ..checkpoint import CheckpointStore
 from ..planning import MacsModel, allocate
-from ..training import LossFn, TrainConfig, all_reduce_mean, train
+from ..training import LossFn, TrainConfig, all_reduce_mean, total_loss, train
 
-__all__ = ["Round", "Proposal", "PruningMethod", "MethodBase", "ScoreMethod", "shared_scores",
-           "weight_members"]
+__all__ = ["Phase", "Round", "Proposal", "PruningMethod", "MethodBase", "ScoreMethod", "SplitOutputs", "Trainer", "own_loop",
+           "shared_scores", "weight_members"]
+
+
+def _no_penalty() -> torch.Tensor:
+    return torch.zeros(())
+
+
+@dataclass
+class Phase:
+    """One stretch of training a run needs: ``model`` for ``epochs`` on the task loss plus ``penalty()``.
+
+    ``model`` returns the outputs the user's model returns, so the user's own loss
+    applies to it; ``penalty()``, called after each forward, is the method's extra
+    term (FALF's fatuous loss, CFP's correlation penalty, Play-and-Prune's l1,
+    NPN's gate l1; zero when fine-tuning) to add to that loss.  ``config`` is how
+    falf_fx's own loop trains it; a user's loop is free to train otherwise.
+    """
+
+    model: torch.nn.Module
+    kind: str  # "finetune", or the method's phase: "fatuous", "correlate", "regularise", "npn"
+    name: str  # unique in the run ("round0-fatuous"): checkpoints and error messages
+    round: int
+    config: TrainConfig
+    penalty: Callable[[], torch.Tensor] = _no_penalty
+    loader: Optional[DataLoader] = None  # falf_fx's loop trains on this instead of the run's (NPN's held-out split)
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def lr(self) -> float:
+        return self.config.lr
+
+
+Trainer = Callable[[Phase], None]  # trains a phase's model in place
+
+
+def own_loop(loader: DataLoader, loss_fn: LossFn, checkpoints: Optional[CheckpointStore] = None,
+             resume: bool = False, progress: bool = True) -> Trainer:
+    """falf_fx's training loop as a trainer: ``loss_fn`` plus the phase's penalty, checkpointed per epoch."""
+    def run(phase: Phase) -> None:
+        def loss(outputs, batch) -> torch.Tensor:
+            return total_loss(loss_fn(outputs, batch), phase.name) + phase.penalty()
+
+        train(phase.model, phase.loader or loader, loss, phase.config, phase=phase.name, checkpoints=checkpoints,
+              resume=resume, progress=progress)
+    return run
+
+
+class SplitOutputs(torch.nn.Module):
+    """A module returning ``(outputs, extra)`` seen as one returning ``outputs``: ``extra`` and the first
+    input are kept for the phase's penalty.  The instrumented model then fits the user's loss as it is."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.extra: Any = None
+        self.inputs: Any = None
+
+    def forward(self, *inputs, **kwargs):
+        outputs, self.extra = self.module(*inputs, **kwargs)
+        self.inputs = inputs[0] if inputs else None
+        return outputs
 
 
 @dataclass
@@ -50,6 +114,7 @@ class Round:
     allocation: str = "uniform"  # how a MACs goal is shared between groups (planning.ALLOCATIONS)
     min_keep: float = 0.05  # the share of every group that allocation keeps
     auxiliary_epochs: dict[str, int] = field(default_factory=dict)  # phase kind -> epochs the method trained
+    trainer: Optional[Trainer] = None  # who trains a phase: falf_fx's loop, the user's finetune, or a session
 
     def __post_init__(self) -> None:
         if self.macs_model is None:  # counted once with fvcore on zeros shaped like the traced inputs
@@ -58,24 +123,27 @@ class Round:
                             for n in self.gm.graph.nodes if n.op == "placeholder")
             self.total_macs = self.total_macs or float(count_cost(self.gm, example).macs)
             self.macs_model = MacsModel(self.analysis, macs_by_module(self.gm, example), self.total_macs)
+        if self.trainer is None:
+            self.trainer = own_loop(self.train_loader, self.main_loss, self.checkpoints, self.resume, self.progress)
 
     def allocate(self, scores: dict[int, np.ndarray]) -> PruningPlan:
         """This round's removal: the round's allocation of ``scores`` down to its MACs goal."""
         goal = self.total_macs - self.macs_to_remove if np.isfinite(self.macs_to_remove) else 0.0
         return allocate(self.analysis, scores, goal, self.macs_model, self.allocation, self.costs, self.min_keep)
 
-    def phase(self, name: str) -> str:
+    def phase_name(self, name: str) -> str:
         """A checkpoint phase name unique to this round."""
         return f"round{self.index}-{name}"
 
-    def train(self, model: torch.nn.Module, loader: DataLoader, loss: LossFn, config: TrainConfig,
-              kind: str) -> list[dict]:
-        """A method's own training phase: checkpointed under this round, counted in ``auxiliary_epochs``."""
-        history = train(model, loader, loss, config, phase=self.phase(kind), checkpoints=self.checkpoints,
-                        resume=self.resume, progress=self.progress)
-        family = kind.split("-")[0]
-        self.auxiliary_epochs[family] = self.auxiliary_epochs.get(family, 0) + config.epochs
-        return history
+    def phase(self, kind: str, model: torch.nn.Module, config: TrainConfig,
+              penalty: Callable[[], torch.Tensor] = _no_penalty, loader: Optional[DataLoader] = None) -> Phase:
+        """A phase of this round's method, named uniquely in the run."""
+        return Phase(model, kind.split("-")[0], self.phase_name(kind), self.index, config, penalty, loader)
+
+    def train(self, phase: Phase) -> None:
+        """A method's own training phase, counted in ``auxiliary_epochs``; the run's trainer trains it."""
+        self.trainer(phase)
+        self.auxiliary_epochs[phase.kind] = self.auxiliary_epochs.get(phase.kind, 0) + phase.epochs
 
 
 @dataclass

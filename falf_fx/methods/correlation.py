@@ -204,17 +204,16 @@ class Correlation(MethodBase):
         return Proposal(PruningPlan.build(trained, removals), model, record)
 
     def _raise(self, round_: Round, model: nn.Module, groups: dict, pairs: dict[int, list[Pair]]) -> None:
-        """Train ``main loss + mu * R(chosen pairs)`` on ``model`` in place."""
+        """Train ``model`` in place on the task loss + ``mu * R(chosen pairs)``."""
         index = {gid: (torch.tensor([p[0] for p in ps]), torch.tensor([p[1] for p in ps]))
                  for gid, ps in pairs.items()}
 
-        def loss(outputs, batch):
+        def penalty() -> torch.Tensor:
             rho = torch.cat([pair_pearson(producer_filters(model, groups[gid]), *ab) for gid, ab in index.items()])
-            return round_.main_loss(outputs, batch) + self.mu * correlation_penalty(rho, self.penalty)
+            return self.mu * correlation_penalty(rho, self.penalty)
 
-        round_.train(model, round_.train_loader, loss,
-                     TrainConfig(epochs=self.raise_epochs, lr=self.raise_lr, seed=round_.seed, schedule="constant"),
-                     "correlate")
+        config = TrainConfig(epochs=self.raise_epochs, lr=self.raise_lr, seed=round_.seed, schedule="constant")
+        round_.train(round_.phase("correlate", model, config, penalty))
 
     @staticmethod
     def _pair_rho(model: nn.Module, groups: dict, pairs: dict[int, list[Pair]]) -> float | None:

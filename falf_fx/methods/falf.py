@@ -15,8 +15,8 @@ so it looks undevoted); the main-task factor sends those first.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -25,9 +25,8 @@ from torch import fx, nn
 from falf_fx.passes.instrument import AttachFatuousHeads
 
 from ..errors import FalfValueError
-from ..data import with_indices
 from ..training import TrainConfig, epoch_loader
-from .base import Proposal, Round, ScoreMethod, shared_scores, weight_members
+from .base import Proposal, Round, ScoreMethod, SplitOutputs, shared_scores, weight_members
 
 __all__ = ["FALF", "Stability", "FATUOUS_TARGETS", "FALF_SCORES"]
 
@@ -35,33 +34,52 @@ FATUOUS_TARGETS = ("random", "constant", "uniform", "noise")
 FALF_SCORES = ("drift", "taylor")
 
 
+def _sample_keys(inputs: Any) -> torch.Tensor:
+    """One integer per sample, a hash of its values: fatuous targets fixed per sample without its index,
+    so that they also hold in a training loop that is the user's (a tensor batch, or a list of images)."""
+    samples = list(inputs) if isinstance(inputs, (list, tuple)) else inputs
+    if isinstance(samples, torch.Tensor):
+        samples = list(samples.detach())
+    if not samples or not all(isinstance(x, torch.Tensor) for x in samples):
+        raise FalfValueError("fatuous targets 'random' and 'noise' are fixed per sample, drawn from its values; "
+                             f"these inputs ({type(inputs).__name__}) are not tensors: use target='uniform'")
+    weights: dict[int, torch.Tensor] = {}  # one fixed random weighting per sample size
+    keys = []
+    for x in samples:
+        values = (x.detach().float().flatten().cpu() * 4096).round().clamp(-2 ** 20, 2 ** 20).long()
+        if values.numel() not in weights:
+            generator = torch.Generator().manual_seed(values.numel())
+            weights[values.numel()] = torch.randint(1, 2 ** 20, values.shape, generator=generator)
+        keys.append(int((values * weights[values.numel()]).sum()) % (2 ** 31 - 1))
+    return torch.tensor(keys)
+
+
 @dataclass
 class FatuousTask:
-    """Targets for the fatuous head, fixed per sample for the whole run."""
+    """Targets for the fatuous head, fixed per sample for the whole run (drawn from the sample's values)."""
 
     kind: str
     num_outputs: int
-    num_samples: int
     seed: int
-    table: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         if self.kind not in FATUOUS_TARGETS:
             raise FalfValueError(f"fatuous target must be one of {FATUOUS_TARGETS}, not {self.kind!r}")
-        gen = torch.Generator().manual_seed(self.seed)
-        if self.kind == "random":
-            self.table = torch.randint(0, self.num_outputs, (self.num_samples,), generator=gen)
-        elif self.kind == "noise":
-            self.table = torch.randn(self.num_samples, self.num_outputs, generator=gen)
-        else:
-            self.table = torch.zeros(self.num_samples, dtype=torch.long)
 
-    def loss(self, aux: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        if self.kind in ("random", "constant"):
-            return nn.functional.cross_entropy(aux, self.table[indices])
+    def _drawn(self, inputs: Any, draw) -> torch.Tensor:
+        return torch.stack([draw(torch.Generator().manual_seed(self.seed * 1_000_003 + int(key)))
+                            for key in _sample_keys(inputs)])
+
+    def loss(self, aux: torch.Tensor, inputs: Any) -> torch.Tensor:
+        if self.kind == "random":
+            labels = self._drawn(inputs, lambda g: torch.randint(0, self.num_outputs, (), generator=g))
+            return nn.functional.cross_entropy(aux, labels.to(aux.device))
+        if self.kind == "constant":
+            return nn.functional.cross_entropy(aux, aux.new_zeros(aux.shape[0], dtype=torch.long))
         if self.kind == "uniform":  # cross-entropy to the uniform distribution: maximise entropy
             return -nn.functional.log_softmax(aux, dim=1).mean()
-        return nn.functional.mse_loss(aux, self.table[indices])
+        noise = self._drawn(inputs, lambda g: torch.randn(self.num_outputs, generator=g))
+        return nn.functional.mse_loss(aux, noise.to(aux.device))
 
 
 def _per_channel(round_: Round, values: dict[str, torch.Tensor], reduce_sq: bool) -> dict[int, np.ndarray]:
@@ -118,20 +136,17 @@ class FALF(ScoreMethod):
 
     def devotion(self, round_: Round, trained: fx.GraphModule) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         """Per channel, its main-task saliency and its devotion in [0, 1] to the fatuous task."""
-        loader = with_indices(round_.train_loader)
-        task = FatuousTask(self.target, round_.num_classes, len(loader.dataset), round_.seed)
+        task = FatuousTask(self.target, round_.num_classes, round_.seed)
         instrumented = AttachFatuousHeads(round_.num_classes, self.points, seed=round_.seed)(trained).graph_module
+        split = SplitOutputs(instrumented)  # the user's outputs; the heads' stay behind for the penalty
         before = {name: p.detach().clone() for name, p in trained.named_parameters()}
 
-        def combined(outputs, batch):
-            main, heads = outputs
-            fatuous = sum(task.loss(head, batch[2]) for head in heads) / len(heads)
-            return round_.main_loss(main, batch) + self.lam * fatuous
+        def penalty() -> torch.Tensor:
+            return self.lam * sum(task.loss(head, split.inputs) for head in split.extra) / len(split.extra)
 
-        round_.train(instrumented, loader, combined,
-                     TrainConfig(epochs=self.aux_epochs, lr=self.aux_lr, seed=round_.seed, schedule="constant"),
-                     "fatuous")
-        main, fatuous = self._saliency(round_, trained, instrumented, loader, task)
+        config = TrainConfig(epochs=self.aux_epochs, lr=self.aux_lr, seed=round_.seed, schedule="constant")
+        round_.train(round_.phase("fatuous", split, config, penalty))
+        main, fatuous = self._saliency(round_, trained, instrumented, task)
         if self.score == "drift":
             drift = {n: p.detach() - before[n] for n, p in trained.named_parameters()}
             moved = _per_channel(round_, drift, reduce_sq=True)
@@ -140,20 +155,21 @@ class FALF(ScoreMethod):
             return main, {g: r / (r + np.median(r) + 1e-12) for g, r in relative.items()}
         return main, {g: fatuous[g] / (fatuous[g] + main[g] + 1e-12) for g in main}
 
-    def _saliency(self, round_: Round, trained, instrumented, loader, task) -> tuple[dict, dict]:
+    def _saliency(self, round_: Round, trained, instrumented, task) -> tuple[dict, dict]:
         """Per channel, |w * dL/dw| summed over a few batches, for the main and the fatuous loss."""
         params = dict(trained.named_parameters())
         saliency = {"fatuous": {n: torch.zeros_like(p) for n, p in params.items()},
                     "main": {n: torch.zeros_like(p) for n, p in params.items()}}
         was_training = instrumented.training
         instrumented.eval()
-        for index, batch in enumerate(epoch_loader(loader, round_.seed, round_.index)):  # same batches on resume
+        batches = epoch_loader(round_.train_loader, round_.seed, round_.index)  # the same batches on resume
+        for index, batch in enumerate(batches):
             if index >= self.taylor_batches:
                 break
             for kind in ("fatuous", "main"):
                 instrumented.zero_grad(set_to_none=True)
                 main, heads = instrumented(batch[0])
-                loss = (sum(task.loss(h, batch[2]) for h in heads) if kind == "fatuous"
+                loss = (sum(task.loss(h, batch[0]) for h in heads) if kind == "fatuous"
                         else round_.main_loss(main, batch))
                 loss.backward()
                 for name, p in params.items():

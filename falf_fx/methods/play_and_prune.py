@@ -147,13 +147,11 @@ class PlayAndPrune:
         scale = {g: mean[g] / norms.elements()[g][unfrozen[g]].mean() for g in start}  # the group's mean |w|
         lam = self.setting.lam
 
-        def regularised(outputs, batch):
-            penalty = sum(scale[g] * n[candidates[g]].sum() for g, n in norms().items())
-            return round_.main_loss(outputs, batch) + lam * penalty
+        def penalty() -> torch.Tensor:
+            return lam * sum(scale[g] * n[candidates[g]].sum() for g, n in norms().items())
 
-        round_.train(model, round_.train_loader, regularised,
-                     TrainConfig(epochs=self.reg_epochs, lr=self.reg_lr, seed=round_.seed, schedule="constant"),
-                     "regularise")
+        config = TrainConfig(epochs=self.reg_epochs, lr=self.reg_lr, seed=round_.seed, schedule="constant")
+        round_.train(round_.phase("regularise", model, config, penalty))
         with torch.no_grad():
             end = norms()
         zeroed = {g: ((end[g] <= self.zero * mean[g]) & unfrozen[g]).numpy() for g in end}

@@ -47,7 +47,7 @@ from falf_fx.passes.pruner_network import HEADS_NAME, BuildPrunerNetwork
 from ..errors import FalfError, FalfValueError
 from ..planning import _repair_emptied_axes, meet_macs_goal
 from ..training import TrainConfig
-from .base import MethodBase, Proposal, Round, shared_scores
+from .base import MethodBase, Proposal, Round, SplitOutputs, shared_scores
 
 __all__ = ["PrunerNetwork", "GatedNetwork", "as_removals", "gate_spread", "removal_order", "threshold_removals"]
 
@@ -238,9 +238,10 @@ class PrunerNetwork(MethodBase):
         frozen = {gid: round_.analysis.groups[gid].frozen for gid in groups}
         network = GatedNetwork(gated, pruner, frozen)
 
-        def loss(outputs, batch):
-            main, gates = outputs
-            return round_.main_loss(main, batch) + lam * network.gate_l1(gates)
+        split = SplitOutputs(network)  # the user's outputs; the gates stay behind for the penalty
+
+        def penalty() -> torch.Tensor:
+            return lam * network.gate_l1(split.extra)
 
         for epoch in range(self.epochs):
             pruner_only = epoch % 2 == 0
@@ -250,7 +251,7 @@ class PrunerNetwork(MethodBase):
             config = (TrainConfig(epochs=1, lr=self.pruner_lr, optimizer="adam", weight_decay=0.0, seed=seed,
                                   schedule="constant", max_batches=self.max_batches) if pruner_only else
                       TrainConfig(epochs=1, lr=self.lr, schedule="constant", max_batches=self.max_batches, seed=seed))
-            round_.train(network, train_loader, loss, config, f"npn-trial{number}-epoch{epoch}")
+            round_.train(round_.phase(f"npn-trial{number}-epoch{epoch}", split, config, penalty, train_loader))
             mean_gates = self._mean_gates(network, heldout)
             if gate_spread(mean_gates, frozen) >= self.spread and float(network.alpha) < self.alpha_max:
                 network.alpha.fill_(min(float(network.alpha) * self.alpha_step, self.alpha_max))
