@@ -5,6 +5,8 @@ from falf_fx.passes.plan import PruningPlan
 from .api import analyze, prune, slim
 from .capture import trace
 from .compress import CompressResult, compress
+from .methods.base import Phase
+from .session import PruningSession
 from .hetconv import hetconv
 from .html_report import report
 from .errors import (EquivalenceError, FalfError, FalfTypeError, FalfValueError, PlanError, ShapePropagationError,
@@ -19,4 +21,5 @@ __all__ = [
     "Analysis", "ChannelGroup", "GroupMember", "PruningPlan", "analyze", "prune", "slim", "trace",
     "EquivalenceError", "FalfError", "FalfTypeError", "FalfValueError", "PlanError", "ShapePropagationError", "SlimError", "TraceError",
     "group_importance", "plan_by_ratio", "random_plan", "load", "load_into", "save", "compress", "CompressResult", "hetconv", "report",
+    "Phase", "PruningSession",
 ]

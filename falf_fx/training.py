@@ -197,10 +197,17 @@ def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainCo
             loss_sum, classified = 0.0, False
             for index, batch in _batches(epoch_loader(loader, config.seed, epoch), config.max_batches):
                 inputs, targets = _split(batch)
-                outputs = net(inputs)
-                loss = total_loss(loss_fn(outputs, batch), phase)
+                where = checkpoints.path(phase) if checkpoints is not None else "none (no checkpoint_dir)"
+                try:
+                    outputs = net(inputs)
+                    loss = total_loss(loss_fn(outputs, batch), phase)
+                except FalfError:
+                    raise
+                except Exception as error:  # a batch the model or the loss does not expect
+                    raise TrainingError(f"phase '{phase}', epoch {epoch + 1}, batch {index + 1}: {type(error).__name__}"
+                                        f": {error}; are the loader's batches what the model and loss_fn expect? "
+                                        f"Last good checkpoint: {where}") from error
                 if not torch.isfinite(loss):
-                    where = checkpoints.path(phase) if checkpoints is not None else "none (no checkpoint_dir)"
                     raise TrainingError(f"the loss became {loss.item()} in phase '{phase}', epoch {epoch + 1}, "
                                         f"batch {index + 1}; last good checkpoint: {where}")
                 optimizer.zero_grad(set_to_none=True)
