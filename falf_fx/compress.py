@@ -21,16 +21,17 @@ from falf_fx.passes.modes import attributes_kept, eval_mode
 from falf_fx.passes.rewrite import slim_graph_module
 
 from .capture import trace
+from .parts import PartedModel
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint
 from .errors import FalfError, FalfTypeError, FalfValueError
 from .distill import Distillation, DistillationError, distillation_loss
-from .flops import cost_and_macs_by_module, latency_ms, layer_widths
+from .flops import Cost, cost_and_macs_by_module, latency_ms, layer_widths
 from .methods import PruningMethod, method_options, resolve_method
 from .methods.base import Phase, Round, own_loop
 from .metrics import resolve_metric
 from .serialize import from_plain, to_plain
 from .planning import ALLOCATIONS, MacsModel, allocate, channel_mac_costs
-from .training import TrainConfig, is_distributed, steps_per_epoch
+from .training import Forward, TrainConfig, inputs_only, is_distributed, steps_per_epoch
 
 __all__ = ["CompressResult", "FineTuneBudget", "compress"]
 
@@ -86,18 +87,23 @@ def _distillation(distill: Optional[float], temperature: float, logits: bool) ->
     return Distillation(distill, temperature)
 
 
-def _check_target(analysis: Analysis, macs: MacsModel, target_macs: float) -> None:
+def _check_target(analyses: dict[str, Analysis], per_module: dict[str, tuple[int, dict[str, int]]], total: float,
+                  target_macs: float) -> None:
     """Say why before any training if the target cannot be reached.
 
-    The floor is one channel left in every prunable group, its MACs predicted from the
-    analysis (within 0.5% of fvcore, never below it).
+    The floor is one channel left in every prunable group of every part, its MACs
+    predicted from the analysis (within 0.5% of fvcore, never below it).
     """
     if not 0.0 < target_macs < 1.0:
         raise FalfValueError(f"target_macs is a fraction of the original MACs in (0, 1), got {target_macs}")
-    flat = {g.id: np.zeros(g.size) for g in analysis.prunable_groups}
-    floor = macs.predict(allocate(analysis, flat, 0.0, macs, "uniform", min_keep=0.0).removed_channels()) / macs.total
+    floor = 0.0
+    for name, analysis in analyses.items():
+        macs = MacsModel(analysis, per_module[name][1], per_module[name][0])
+        flat = {g.id: np.zeros(g.size) for g in analysis.prunable_groups}
+        floor += macs.predict(allocate(analysis, flat, 0.0, macs, "uniform", min_keep=0.0).removed_channels())
+    floor /= total
     if target_macs < floor:
-        frozen = sorted({r for g in analysis.groups for r in g.reasons})[:3]
+        frozen = sorted({r for a in analyses.values() for g in a.groups for r in g.reasons})[:3]
         raise FalfValueError(f"target_macs={target_macs} cannot be reached: with one channel left in every prunable "
                              f"group {floor:.4f} of the MACs remain (frozen: {'; '.join(frozen) or 'nothing'})")
 
@@ -154,7 +160,10 @@ class _Run:
     """One compress run: the set-up, then rounds of score -> slim -> fine-tune -> measure -> checkpoint.
 
     ``compress`` drives it to the end; :class:`falf_fx.session.PruningSession` drives
-    the same rounds with the user's loop as the trainer, one round at a time.
+    the same rounds with the user's loop as the trainer.  A model traced whole is
+    one part; a detector is its traced parts inside the user's own object, each cut
+    by the method in every round (its phases train the whole detector) and the
+    whole detector fine-tuned once per round.
     """
 
     def __init__(self, model: nn.Module, loader: DataLoader, *, method: Union[str, PruningMethod],
@@ -163,13 +172,15 @@ class _Run:
                  tolerance: Optional[float], rounds: Optional[int], step: float, finetune_epochs: int,
                  finetune_lr: float, warmup: float, allocation: str, min_keep: float, distill: Optional[float],
                  distill_temperature: float, checkpoint_dir: Optional[str], resume: bool, seed: int,
-                 progress: bool, measure_latency: bool, trainer: Optional[Callable[[Phase], None]]) -> None:
+                 progress: bool, measure_latency: bool, trainer: Optional[Callable[[Phase], None]],
+                 forward: Forward = inputs_only) -> None:
         _check_options(target_macs, tolerance, val_loader, evaluate, finetune_epochs, allocation, min_keep)
         self.pruner = copy.deepcopy(resolve_method(method))  # a method object is the caller's: never changed
         self.rounds = rounds or self.pruner.default_rounds
         self.loader, self.target_macs, self.tolerance, self.step, self.seed = loader, target_macs, tolerance, step, seed
         self.allocation, self.min_keep, self.progress, self.measure_latency = allocation, min_keep, progress, \
             measure_latency
+        self.forward = forward
         batch = _first_batch(loader)
         self.example = example_inputs if example_inputs is not None else batch[0][:1]
         self.classes, logits = _check_classifier(model, batch, loss_fn is not None)
@@ -185,55 +196,75 @@ class _Run:
         if resume and (self.store is None or not self.store.has_any()):
             raise CheckpointError(f"resume=True but there is no checkpoint in {checkpoint_dir!r}")
         self.model_type = type(model).__name__
-        self.gm = trace(copy.deepcopy(model), self.example)  # the caller's model is left as it was
-        self.origin = fingerprint(self.gm)
-        self.output_structure = _output_structure(self.gm, self.example)
+        self.model = PartedModel.capture(model, self.example)  # the caller's model is left as it was
+        self.origin = fingerprint(self.model.host)
+        self.output_structure = _output_structure(self.model.host, self.example)
         # fvcore runs once here and once per round (on the candidate, for its record); the rest is predicted
-        self.before, self.per_module = cost_and_macs_by_module(self.gm, self.example)
-        self.analysis = analyze_graph(self.gm)
+        self.before, self.per_module = self._cost(self.model)
+        self.analyses = {name: analyze_graph(self.model.part(name)) for name in self.model.names}
         if target_macs is not None:
-            _check_target(self.analysis, MacsModel(self.analysis, self.per_module, self.before.macs), target_macs)
-        self.base_metric = self._measure(self.gm, "before pruning")
+            _check_target(self.analyses, self.per_module, self.before.macs, target_macs)
+        self.base_metric = self._measure(self.model.host, "before pruning")
         self.report_before = {"macs": self.before.macs, "flops": self.before.flops, "params": self.before.params,
-                              "metric": self.base_metric, "widths": layer_widths(self.gm),
-                              "latency_ms": latency_ms(self.gm, self.example) if measure_latency else None}
+                              "metric": self.base_metric, "widths": layer_widths(self.model.host),
+                              "latency_ms": latency_ms(self.model.host, self.example) if measure_latency else None}
         self.budget = FineTuneBudget(finetune_epochs, self.rounds, finetune_lr, warmup,
                                      steps_per_epoch(loader, TrainConfig()))
-        finetune_loss = (distillation_loss(self.gm, self.main_loss, self.distillation)
+        finetune_loss = (distillation_loss(self.model.host, self.main_loss, self.distillation)
                          if self.distillation.enabled else self.main_loss)
         if trainer is None:  # falf_fx's own loop: the distilled loss when fine-tuning, the task loss otherwise
-            own = {"finetune": own_loop(loader, finetune_loss, self.store, resume, progress),
-                   "method": own_loop(loader, self.main_loss, self.store, resume, progress)}
+            own = {"finetune": own_loop(loader, finetune_loss, self.store, resume, progress, forward),
+                   "method": own_loop(loader, self.main_loss, self.store, resume, progress, forward)}
             trainer = lambda phase: own["finetune" if phase.kind == "finetune" else "method"](phase)  # noqa: E731
         self.trainer = trainer
         if self.store is not None:
-            _check_checkpointable(self.gm)
+            for name in self.model.names:
+                _check_checkpointable(self.model.part(name))
         self.history: list[dict[str, Any]] = []
         self.next_round, self.stopped = 0, False
         self.current = self.before
         if resume and self.store.path(_STATE).exists():
-            self.load_state(self.store.load(_STATE, self.origin))  # weights_only: a tampered file is refused
+            self.load_state(self.store.load(_STATE, self.origin),  # weights_only: a tampered file is refused
+                            f"checkpoint {self.store.path(_STATE)}")
+
+    @property
+    def gm(self) -> nn.Module:
+        """The model after the last kept round: a GraphModule, or the user's object with slim parts."""
+        return self.model.host
+
+    def _cost(self, model: PartedModel) -> tuple[Cost, dict[str, tuple[int, dict[str, int]]]]:
+        """MACs summed over the parts (the code between them is not counted), parameters of the whole model;
+        and each part's MACs and MACs by module."""
+        costs = {name: cost_and_macs_by_module(model.part(name), model.examples[name]) for name in model.names}
+        macs = sum(cost.macs for cost, _ in costs.values())
+        return Cost(macs, sum(p.numel() for p in model.host.parameters())), \
+            {name: (cost.macs, per_module) for name, (cost, per_module) in costs.items()}
 
     # -- state between rounds (checkpoints, PruningSession.state_dict) ---------------------------------
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed run needs, in the pickle-free format (tensors, strings, numbers)."""
-        return {"model": to_plain(self.gm), "history": json.dumps(self.history, default=_plain),
+        return {"parts": {name: to_plain(self.model.part(name)) for name in self.model.names},
+                "rest": self.model.rest_state(), "history": json.dumps(self.history, default=_plain),
                 "round": self.next_round - 1, "method": json.dumps(self.pruner.state(), default=_plain),
                 "stopped": self.stopped}
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: dict[str, Any], source: str = "state") -> None:
         if state.get("fingerprint", self.origin) != self.origin:
             raise CheckpointError("this state comes from a run on another model (its parameter names or shapes "
                                   "differ): load it into a session made from the same model")
         try:
-            self.gm = trace(from_plain(state["model"]), self.example)
+            parts = {name: trace(from_plain(plain), self.model.examples[name])
+                     for name, plain in state["parts"].items()}
         except (KeyError, ValueError, TypeError) as error:  # a graph that names what the format does not allow
-            raise CheckpointError(f"state refused: {error}") from error
+            raise CheckpointError(f"{source} refused: {error}") from error
+        self.model = self.model.with_parts(parts)
+        if state["rest"]:
+            self.model.host.load_state_dict(state["rest"], strict=False)
         self.history, self.next_round = json.loads(state["history"]), int(state["round"]) + 1
         self.pruner.load_state(json.loads(state["method"]))
         self.stopped = bool(state["stopped"])
-        self.current, self.per_module = cost_and_macs_by_module(self.gm, self.example)
+        self.current, self.per_module = self._cost(self.model)
 
     # -- the rounds ---------------------------------------------------------------------------------------
 
@@ -247,37 +278,58 @@ class _Run:
         reached = self.target_macs is not None and self.current.macs <= self.target_macs * self.before.macs * 1.001
         return self.stopped or reached or self.next_round >= self.rounds
 
+    def _part_goals(self, goal_macs: float) -> dict[str, float]:
+        """Each part's MACs goal: the same share of every part with channels to cut, the others as they are."""
+        parts = {name: self.per_module[name][0] for name in self.model.names}
+        cuttable = [name for name in parts if self.analyses[name].prunable_groups]
+        fixed = sum(macs for name, macs in parts.items() if name not in cuttable)
+        share = max(goal_macs - fixed, 0.0) / max(sum(parts[name] for name in cuttable), 1.0)
+        return {name: parts[name] * min(share, 1.0) for name in cuttable}
+
+    def _round(self, name: str, index: int, goal: float, auxiliary: dict[str, int]) -> Round:
+        """The method's view of part ``name`` this round (for a whole model, of the model)."""
+        if self.analyses[name].graph_module is not self.model.part(name):  # a kept round, or a resumed run
+            self.analyses[name] = analyze_graph(self.model.part(name))
+        analysis, (part_macs, per_module) = self.analyses[name], self.per_module[name]
+        scratch = None if self.model.whole else copy.deepcopy(self.model.host)  # where the method's phases train
+        embed = None if scratch is None else (lambda module: self.model.placed(name, module, scratch))
+        return Round(self.model.part(name), analysis, self.loader, self.main_loss, self.classes, index, self.seed,
+                     macs_to_remove=part_macs - goal, costs=channel_mac_costs(analysis, per_module),
+                     total_macs=part_macs, target_macs=None if self.target_macs is None else goal,
+                     val_loader=self.val_loader, checkpoints=self.store, resume=self.resume, progress=self.progress,
+                     macs_model=MacsModel(analysis, per_module, part_macs), allocation=self.allocation,
+                     min_keep=self.min_keep, auxiliary_epochs=auxiliary, trainer=self.trainer,
+                     forward=self.forward, embed=embed, part_name=name)
+
     def run_round(self) -> dict[str, Any]:
         """One round, its record appended to the history and, with a checkpoint directory, saved."""
         index = self.next_round
         goal_macs = _round_goal(self.before.macs, self.current.macs, index, self.rounds, self.target_macs, self.step)
-        if self.analysis.graph_module is not self.gm:  # a kept round, or a resumed run: analyse what is cut
-            self.analysis = analyze_graph(self.gm)
-        round_ = Round(self.gm, self.analysis, self.loader, self.main_loss, self.classes, index, self.seed,
-                       macs_to_remove=self.current.macs - goal_macs,
-                       costs=channel_mac_costs(self.analysis, self.per_module), total_macs=self.current.macs,
-                       target_macs=None if self.target_macs is None else self.target_macs * self.before.macs,
-                       val_loader=self.val_loader, checkpoints=self.store, resume=self.resume, progress=self.progress,
-                       macs_model=MacsModel(self.analysis, self.per_module, self.current.macs),
-                       allocation=self.allocation, min_keep=self.min_keep, trainer=self.trainer)
-        proposal = self.pruner.propose(round_)
-        candidate = slim_graph_module(proposal.model, proposal.plan)
-        _check_output_structure(candidate, self.example, self.output_structure, index)
+        auxiliary: dict[str, int] = {}
+        slim, removed, extra = {}, 0, {}
+        for name, goal in self._part_goals(goal_macs).items():
+            round_ = self._round(name, index, goal, auxiliary)
+            proposal = self.pruner.propose(round_)
+            slim[name] = slim_graph_module(proposal.model, proposal.plan)
+            removed += proposal.plan.num_removed
+            extra.update(proposal.record)
+        candidate = self.model.with_parts(slim)
+        _check_output_structure(candidate.host, self.example, self.output_structure, index)
         config = self.budget.config(index, self.seed)
         if config.epochs:
-            self.trainer(round_.phase("finetune", candidate, config))
-        candidate_cost, candidate_per_module = cost_and_macs_by_module(candidate, self.example)
-        record = {"round": index + 1, "method": self.pruner.name, "channels_removed": proposal.plan.num_removed,
-                  "macs": candidate_cost.macs, "finetune_epochs": config.epochs,
-                  "auxiliary_epochs": dict(round_.auxiliary_epochs), **proposal.record}
+            self.trainer(Phase(candidate.host, "finetune", f"round{index}-finetune", index, config))
+        candidate_cost, candidate_per_module = self._cost(candidate)
+        record = {"round": index + 1, "method": self.pruner.name, "channels_removed": removed,
+                  "macs": candidate_cost.macs, "finetune_epochs": config.epochs, "auxiliary_epochs": auxiliary,
+                  **extra}
         record["macs_ratio"] = record["macs"] / self.before.macs
         if self.metric is not None:
-            record["metric"] = self._measure(candidate, f"in round {index + 1}, after fine-tuning")
+            record["metric"] = self._measure(candidate.host, f"in round {index + 1}, after fine-tuning")
         # outside the tolerance: keep the previous round's model
         record["kept"] = self.tolerance is None or self.base_metric - record["metric"] <= self.tolerance
         self.history.append(record)
         if record["kept"]:
-            self.gm, self.current, self.per_module = candidate, candidate_cost, candidate_per_module
+            self.model, self.current, self.per_module = candidate, candidate_cost, candidate_per_module
         self.stopped = not self.pruner.observe(record)
         self.next_round = index + 1
         if self.store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
@@ -287,6 +339,7 @@ class _Run:
     def result(self) -> CompressResult:
         after = self.current
         report = {"model_type": self.model_type, "metric": None if self.metric is None else self.metric.name,
+                  "parts": None if self.model.whole else self.model.names,
                   "before": self.report_before,
                   "after": {"macs": after.macs, "flops": after.flops, "params": after.params,
                             "metric": self._kept_metric(), "widths": layer_widths(self.gm),

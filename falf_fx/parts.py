@@ -212,3 +212,62 @@ def capture_parts(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequen
     if not parts:
         raise TraceError(f"{reason}\n  and none of its submodules can be traced either")
     return parts
+
+
+class PartedModel:
+    """What compress cuts: a model traced whole (one part, named ""), or the user's own object whose traced
+    parts are GraphModules under their names (a detector: backbone, RPN head, box head...).
+
+    ``host`` is the whole model; a part is looked up in it by name, so a deep copy
+    of the host carries its parts along.
+    """
+
+    def __init__(self, host: nn.Module, examples: dict[str, tuple], originals: dict[str, nn.Module]) -> None:
+        self.host, self.examples, self.originals = host, examples, originals
+
+    @classmethod
+    def capture(cls, model: nn.Module, example_inputs: Any) -> "PartedModel":
+        """A copy of ``model`` captured whole, or in parts; ``model`` itself is left as it was."""
+        host = copy.deepcopy(model)
+        parts = capture_parts(host, example_inputs)
+        if parts[0].name == "":  # traced whole (parts inside its leaves stay frozen, as in a plain trace)
+            return cls(parts[0].graph_module, {"": parts[0].example_inputs}, {})
+        originals = {part.name: host.get_submodule(part.name) for part in parts}
+        for part in parts:
+            host.set_submodule(part.name, adopt_interface(part.graph_module, originals[part.name]))
+        return cls(host, {part.name: part.example_inputs for part in parts}, originals)
+
+    @property
+    def whole(self) -> bool:
+        return "" in self.examples
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.examples)
+
+    def part(self, name: str) -> fx.GraphModule:
+        return self.host if name == "" else self.host.get_submodule(name)
+
+    def placed(self, name: str, module: nn.Module, host: Optional[nn.Module] = None) -> nn.Module:
+        """``host`` (by default this model's) with ``module`` in the place of part ``name``."""
+        if name == "":
+            return module
+        host = self.host if host is None else host
+        host.set_submodule(name, module)
+        return host
+
+    def with_parts(self, slim: dict[str, fx.GraphModule]) -> "PartedModel":
+        """A new model: a copy of this one with the given parts replaced (kept with their class's interface)."""
+        if self.whole:
+            return PartedModel(slim.get("", self.host), self.examples, {})
+        host = copy.deepcopy(self.host)
+        for name, module in slim.items():
+            host.set_submodule(name, adopt_interface(module, self.originals[name]))
+        return PartedModel(host, self.examples, self.originals)
+
+    def rest_state(self) -> dict[str, torch.Tensor]:
+        """The host's tensors outside every part (a parted model's; nothing for one traced whole)."""
+        if self.whole:
+            return {}
+        return {key: value for key, value in self.host.state_dict().items()
+                if not any(key.startswith(name + ".") for name in self.names)}

@@ -22,9 +22,21 @@ from .checkpoint import CheckpointStore, fingerprint
 from .errors import FalfError, FalfValueError
 
 __all__ = ["TrainConfig", "TrainingError", "total_loss", "train", "evaluate", "epoch_loader", "is_distributed",
-           "all_reduce_mean", "init_distributed_from_env", "lr_factor", "steps_per_epoch", "LossFn"]
+           "all_reduce_mean", "init_distributed_from_env", "lr_factor", "steps_per_epoch", "LossFn", "Forward",
+           "inputs_only", "inputs_and_targets"]
 
 LossFn = Callable[[Any, tuple], torch.Tensor]  # (outputs, batch) -> loss; batch = (inputs, targets, ...)
+Forward = Callable[[nn.Module, tuple], Any]  # (model, batch) -> outputs
+
+
+def inputs_only(model: nn.Module, batch: tuple) -> Any:
+    """The default forward of a training batch: the model on its inputs (``batch[0]``)."""
+    return model(batch[0])
+
+
+def inputs_and_targets(model: nn.Module, batch: tuple) -> Any:
+    """The forward of torchvision's detectors in training: ``model(images, targets)`` returns their losses."""
+    return model(batch[0], batch[1])
 
 
 class TrainingError(FalfError):
@@ -168,7 +180,8 @@ def _progress(enabled: bool):
 
 def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainConfig, *, phase: str = "train",
           checkpoints: Optional[CheckpointStore] = None, resume: bool = False,
-          evaluate_fn: Optional[Callable[[nn.Module], dict]] = None, progress: bool = True) -> list[dict]:
+          evaluate_fn: Optional[Callable[[nn.Module], dict]] = None, progress: bool = True,
+          forward: Forward = inputs_only) -> list[dict]:
     """Train ``model`` in place for ``config.epochs``; returns one record per epoch.
 
     With ``checkpoints`` the state is saved after every epoch under ``phase``;
@@ -199,7 +212,7 @@ def train(model: nn.Module, loader: DataLoader, loss_fn: LossFn, config: TrainCo
                 inputs, targets = _split(batch)
                 where = checkpoints.path(phase) if checkpoints is not None else "none (no checkpoint_dir)"
                 try:
-                    outputs = net(inputs)
+                    outputs = forward(net, batch)
                     loss = total_loss(loss_fn(outputs, batch), phase)
                 except FalfError:
                     raise

@@ -93,7 +93,8 @@ def removed_inputs(plan: PruningPlan) -> dict[str, np.ndarray]:
 @torch.no_grad()
 def measure_inputs(gm: fx.GraphModule, consumers: Mapping[str, np.ndarray],
                    batches: Iterable[Any]) -> dict[str, torch.Tensor]:
-    """Mean input of each consumer at the given channel positions, over ``batches`` of model inputs (eval mode)."""
+    """Mean input of each consumer at the given channel positions, over ``batches`` of model inputs (eval mode):
+    each a tuple of positional inputs, or the one input."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
@@ -110,9 +111,8 @@ def measure_inputs(gm: fx.GraphModule, consumers: Mapping[str, np.ndarray],
                for name in consumers]
     try:
         with eval_mode(gm):
-            for batch in batches:
-                inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-                gm(inputs)
+            for batch in batches:  # a tuple of positional inputs, or one input
+                gm(*batch) if isinstance(batch, tuple) else gm(batch)
     finally:
         for handle in handles:
             handle.remove()

@@ -99,8 +99,8 @@ def test_a_foreign_or_edited_checkpoint_is_refused(tmp_path, uninterrupted):
     torch.save({"weights": torch.zeros(3)}, directory / "compress.pt")
     with pytest.raises(CheckpointError, match="is not one falf_fx wrote"):
         run(directory, resume=True)
-    state["model"]["graph"][1]["target"] = "os.system"  # a graph calling what the format does not allow
-    state["model"]["graph"][1]["op"] = "call_function"
+    state["parts"][""]["graph"][1]["target"] = "os.system"  # a graph calling what the format does not allow
+    state["parts"][""]["graph"][1]["op"] = "call_function"
     torch.save(state, directory / "compress.pt")
     with pytest.raises(CheckpointError, match="compress.pt refused"):
         run(directory, resume=True)

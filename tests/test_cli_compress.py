@@ -52,7 +52,7 @@ def test_out_loads_back_and_runs(compressed):
 
 def test_text_output_is_the_before_after_table(compressed):
     text, out, _ = compressed
-    assert "Before" in text and "After / before" in text and "Accuracy" in text and "CPU latency" in text
+    assert "Before" in text and "After / before" in text and "Top-1 accuracy" in text and "CPU latency" in text
     assert "round 1:" in text and f"saved the slim model to {out}" in text
 
 

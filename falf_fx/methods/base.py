@@ -22,7 +22,7 @@ from falf_fx.passes.plan import PruningPlan
 
 from ..checkpoint import CheckpointStore
 from ..planning import MacsModel, allocate
-from ..training import LossFn, TrainConfig, all_reduce_mean, total_loss, train
+from ..training import Forward, LossFn, TrainConfig, all_reduce_mean, inputs_only, total_loss, train
 
 __all__ = ["Phase", "Round", "Proposal", "PruningMethod", "MethodBase", "ScoreMethod", "SplitOutputs", "Trainer", "own_loop",
            "shared_scores", "weight_members"]
@@ -64,14 +64,14 @@ Trainer = Callable[[Phase], None]  # trains a phase's model in place
 
 
 def own_loop(loader: DataLoader, loss_fn: LossFn, checkpoints: Optional[CheckpointStore] = None,
-             resume: bool = False, progress: bool = True) -> Trainer:
+             resume: bool = False, progress: bool = True, forward: Forward = inputs_only) -> Trainer:
     """falf_fx's training loop as a trainer: ``loss_fn`` plus the phase's penalty, checkpointed per epoch."""
     def run(phase: Phase) -> None:
         def loss(outputs, batch) -> torch.Tensor:
             return total_loss(loss_fn(outputs, batch), phase.name) + phase.penalty()
 
         train(phase.model, phase.loader or loader, loss, phase.config, phase=phase.name, checkpoints=checkpoints,
-              resume=resume, progress=progress)
+              resume=resume, progress=progress, forward=forward)
     return run
 
 
@@ -115,6 +115,11 @@ class Round:
     min_keep: float = 0.05  # the share of every group that allocation keeps
     auxiliary_epochs: dict[str, int] = field(default_factory=dict)  # phase kind -> epochs the method trained
     trainer: Optional[Trainer] = None  # who trains a phase: falf_fx's loop, the user's finetune, or a session
+    forward: Forward = inputs_only  # how the whole model runs on a training batch
+    # A model captured in parts (a detector): ``gm`` is one part, and ``embed(module)`` is the whole model with
+    # ``module`` in that part's place, on which losses are computed and phases train.  None: ``gm`` is the model.
+    embed: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None
+    part_name: str = ""  # the part's qualified name in the whole model
 
     def __post_init__(self) -> None:
         if self.macs_model is None:  # counted once with fvcore on zeros shaped like the traced inputs
@@ -124,7 +129,8 @@ class Round:
             self.total_macs = self.total_macs or float(count_cost(self.gm, example).macs)
             self.macs_model = MacsModel(self.analysis, macs_by_module(self.gm, example), self.total_macs)
         if self.trainer is None:
-            self.trainer = own_loop(self.train_loader, self.main_loss, self.checkpoints, self.resume, self.progress)
+            self.trainer = own_loop(self.train_loader, self.main_loss, self.checkpoints, self.resume, self.progress,
+                                    self.forward)
 
     def allocate(self, scores: dict[int, np.ndarray]) -> PruningPlan:
         """This round's removal: the round's allocation of ``scores`` down to its MACs goal."""
@@ -137,8 +143,30 @@ class Round:
 
     def phase(self, kind: str, model: torch.nn.Module, config: TrainConfig,
               penalty: Callable[[], torch.Tensor] = _no_penalty, loader: Optional[DataLoader] = None) -> Phase:
-        """A phase of this round's method, named uniquely in the run."""
-        return Phase(model, kind.split("-")[0], self.phase_name(kind), self.index, config, penalty, loader)
+        """A phase of this round's method training ``model`` (the round's model or part), named uniquely."""
+        whole = model if self.embed is None else self.embed(model)
+        return Phase(whole, kind.split("-")[0], self.phase_name(kind), self.index, config, penalty, loader)
+
+    def run(self, module: torch.nn.Module, batch: tuple) -> Any:
+        """The whole model's outputs on a training batch, ``module`` in the part's place and in its own mode
+        (Taylor scores a part in eval mode while a detector around it computes its training losses)."""
+        if self.embed is None:
+            return self.forward(module, batch)
+        mode = module.training
+        whole = self.embed(module).train()
+        module.train(mode)
+        return self.forward(whole, batch)
+
+    @torch.no_grad()
+    def part_inputs(self, module: torch.nn.Module, batches: list) -> list[tuple]:
+        """The positional inputs ``module`` gets on each training batch: ``(batch[0],)`` for a model traced
+        whole, what the code around the part hands it otherwise."""
+        if self.embed is None:
+            return [(batch[0],) for batch in batches]
+        from ..parts import record_calls
+
+        host, name = self.embed(module), self.part_name
+        return [record_calls(host, (batch[0],), [name])[name] for batch in batches]
 
     def train(self, phase: Phase) -> None:
         """A method's own training phase, counted in ``auxiliary_epochs``; the run's trainer trains it."""

@@ -25,7 +25,7 @@ from torch import fx, nn
 from falf_fx.passes.instrument import AttachFatuousHeads
 
 from ..errors import FalfValueError
-from ..training import TrainConfig, epoch_loader
+from ..training import TrainConfig, epoch_loader, total_loss
 from .base import Proposal, Round, ScoreMethod, SplitOutputs, shared_scores, weight_members
 
 __all__ = ["FALF", "Stability", "FATUOUS_TARGETS", "FALF_SCORES"]
@@ -162,15 +162,16 @@ class FALF(ScoreMethod):
                     "main": {n: torch.zeros_like(p) for n, p in params.items()}}
         was_training = instrumented.training
         instrumented.eval()
+        split = SplitOutputs(instrumented)
         batches = epoch_loader(round_.train_loader, round_.seed, round_.index)  # the same batches on resume
         for index, batch in enumerate(batches):
             if index >= self.taylor_batches:
                 break
             for kind in ("fatuous", "main"):
                 instrumented.zero_grad(set_to_none=True)
-                main, heads = instrumented(batch[0])
-                loss = (sum(task.loss(h, batch[0]) for h in heads) if kind == "fatuous"
-                        else round_.main_loss(main, batch))
+                outputs = round_.run(split, batch)
+                loss = (sum(task.loss(h, split.inputs) for h in split.extra) if kind == "fatuous"
+                        else total_loss(round_.main_loss(outputs, batch), "saliency"))
                 loss.backward()
                 for name, p in params.items():
                     if p.grad is not None:

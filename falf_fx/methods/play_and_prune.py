@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_leaves
 
 from falf_fx.passes.analysis import Analysis
 from falf_fx.passes.fold_constants import fold_constants, measure_inputs, removed_inputs
@@ -163,10 +164,11 @@ class PlayAndPrune:
             return Proposal(plan, model, record)
         batches = list(itertools.islice(epoch_loader(round_.train_loader, round_.seed, round_.index),
                                         self.fold_batches))
-        constants = {k: all_reduce_mean(v) for k, v in measure_inputs(model, removed_inputs(plan), batches).items()}
+        inputs = round_.part_inputs(model, batches)
+        constants = {k: all_reduce_mean(v) for k, v in measure_inputs(model, removed_inputs(plan), inputs).items()}
         folded = fold_constants(model, plan, constants)
         record["inexact_folds"] = len(folded.inexact)
-        record["removal_error"] = _removal_error(model, folded.graph_module, folded.plan, batches[0][0])
+        record["removal_error"] = _removal_error(model, folded.graph_module, folded.plan, inputs[0])
         return Proposal(folded.plan, folded.graph_module, record)
 
     def _plan(self, round_: Round, analysis: Analysis, scores: dict[int, np.ndarray],
@@ -192,9 +194,12 @@ class PlayAndPrune:
 
 
 @torch.no_grad()
-def _removal_error(before: torch.nn.Module, folded: torch.nn.Module, plan: PruningPlan, x: torch.Tensor) -> float:
-    """How much removing the zeroed filters (after folding) changes the outputs: max |diff| / max |output|."""
+def _removal_error(before: torch.nn.Module, folded: torch.nn.Module, plan: PruningPlan, inputs: tuple) -> float:
+    """How much removing the zeroed filters (after folding) changes the outputs: max |diff| / max |output|
+    over every output tensor."""
     with eval_mode(before, folded):
-        want = before(x)
-        got = MaskedReference(plan, folded).run(x)
-    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+        want = tree_leaves(before(*inputs))
+        got = tree_leaves(MaskedReference(plan, folded).run(*inputs))
+    diff = max(float((g - w).abs().max()) for g, w in zip(got, want) if isinstance(w, torch.Tensor))
+    scale = max(float(w.abs().max()) for w in want if isinstance(w, torch.Tensor))
+    return diff / max(scale, 1e-12)

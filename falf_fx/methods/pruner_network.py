@@ -170,6 +170,9 @@ class PrunerNetwork(MethodBase):
     # -- the protocol -------------------------------------------------------------------------------
 
     def propose(self, round_: Round) -> Proposal:
+        if round_.embed is not None:
+            raise FalfError(f"pruner_network gates every group from the features of a model traced whole; this "
+                            f"model is captured in parts ('{round_.part_name}' is one): use another method")
         train_loader, heldout, source = self._loaders(round_)
         record: dict[str, Any] = {"gates_from": source}
         if round_.target_macs is None:

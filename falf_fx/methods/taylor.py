@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from falf_fx.passes.modes import eval_mode
-from ..training import epoch_loader
+from ..training import epoch_loader, total_loss
 from .base import Round, ScoreMethod, shared_scores
 
 __all__ = ["Taylor", "taylor_scores"]
@@ -32,7 +32,7 @@ def taylor_scores(round_: Round, batches: int) -> dict[int, np.ndarray]:
             if index >= batches:
                 break
             gm.zero_grad(set_to_none=True)
-            round_.main_loss(gm(batch[0]), batch).backward()
+            total_loss(round_.main_loss(round_.run(gm, batch), batch), "taylor").backward()
             sums: dict[tuple[str, int], np.ndarray] = {}
             for group in analysis.prunable_groups:
                 gate = np.zeros(group.size)
