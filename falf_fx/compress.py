@@ -21,6 +21,7 @@ from falf_fx.passes.modes import attributes_kept, eval_mode
 from falf_fx.passes.rewrite import slim_graph_module
 
 from .capture import trace
+from .library_models import is_library_model, warn_stale_config
 from .parts import PartedModel
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint
 from .errors import FalfError, FalfTypeError, FalfValueError
@@ -182,7 +183,7 @@ class _Run:
             measure_latency
         self.forward = forward
         batch = _first_batch(loader)
-        self.example = example_inputs if example_inputs is not None else batch[0][:1]
+        self.example = example_inputs if example_inputs is not None else _one_sample(batch[0])
         self.classes, logits = _check_classifier(model, batch, loss_fn is not None)
         self.metric = resolve_metric(evaluate, val_loader, logits)
         if tolerance is not None and self.metric is None:
@@ -349,6 +350,8 @@ class _Run:
                   "target": _target_report(self.target_macs, after.macs / self.before.macs),
                   "budget": _budget_report(self.budget, self.history, self.distillation, self.allocation,
                                            self.min_keep)}
+        if self.model.whole and is_library_model(self.gm):
+            warn_stale_config(self.gm)
         result = CompressResult(self.gm, report, self.history)
         if self.store is not None:
             report_json = json.dumps({**report, "history": self.history}, indent=1) + os.linesep
@@ -363,7 +366,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
              evaluate: Union[None, str, Callable[[nn.Module], float]] = None,
              target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: Optional[int] = None,
              step: float = 0.3, finetune_epochs: int = 8, finetune_lr: float = 0.02, warmup: float = 0.05,
-             finetune: Optional[Callable[[nn.Module, int, Phase], Any]] = None,
+             finetune: Optional[Callable[[nn.Module, int, Phase], Any]] = None, forward: Forward = inputs_only,
              allocation: str = "uniform", min_keep: float = 0.05, distill: Optional[float] = None,
              distill_temperature: float = 4.0, checkpoint_dir: Optional[str] = None, resume: bool = False,
              seed: int = 0, progress: bool = True, measure_latency: bool = True) -> CompressResult:
@@ -377,7 +380,11 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
     ``"map"``, ``"map50"`` (torchmetrics, on ``val_loader``) or ``callable(model) -> float``,
     higher is better.  ``loss_fn(outputs, batch)`` gets the model's outputs as they
     are (tensor, tuple, dict, ``ModelOutput``); a dict or list of losses is summed;
-    the default is cross-entropy on class logits.
+    the default is cross-entropy on class logits.  ``forward(model, batch)`` runs the
+    model on a training batch (default ``model(batch[0])``; torchvision's detectors
+    train on ``falf_fx.training.inputs_and_targets``, ``model(images, targets)``).
+    A model that cannot be traced whole (a detector) is cut in its traced parts,
+    inside a copy of the user's own object, which is what comes back.
     ``rounds`` is the most rounds to run (default: the method's own, 1 for magnitude);
     a method may stop earlier.  ``finetune_epochs`` is the fine-tuning budget of the
     whole run, shared by the rounds under one warm-up + cosine schedule peaking at
@@ -399,10 +406,15 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
                finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, warmup=warmup, allocation=allocation,
                min_keep=min_keep, distill=distill, distill_temperature=distill_temperature,
                checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, progress=progress,
-               measure_latency=measure_latency, trainer=trainer)
+               measure_latency=measure_latency, trainer=trainer, forward=forward)
     while not run.done():
         run.run_round()
     return run.result()
+
+
+def _one_sample(inputs: Any) -> Any:
+    """The example compress traces with: one sample of a batch's inputs (a list of images is one input)."""
+    return inputs[:1] if isinstance(inputs, torch.Tensor) else (inputs[:1],)
 
 
 def _output_structure(model: nn.Module, example: Any) -> Any:

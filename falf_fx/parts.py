@@ -57,9 +57,28 @@ def _registry_property(key: str) -> property:
     return property(read)
 
 
+def _deepcopy_adopted(self: fx.GraphModule, memo: dict) -> fx.GraphModule:
+    """Deep copy of a GraphModule that adopted a class: GraphModule's own copy runs on the GraphModule alone
+    (its ``__init__`` would call the adopted class's), then the copy adopts the class and the attributes."""
+    cls = type(self)
+    self.__class__ = cls.__bases__[0]
+    try:
+        res = copy.deepcopy(self, memo)
+    finally:
+        self.__class__ = cls
+    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    res.__class__ = type(cls.__name__, (type(res), *cls.__bases__[1:]), namespace)
+    for key, value in vars(self).items():
+        if key not in vars(res):
+            setattr(res, key, copy.deepcopy(value, memo))
+    return res
+
+
 def _adopt(module: nn.Module, original: nn.Module, bases: tuple[type, ...]) -> None:
     cls = type(original)
     namespace: dict[str, Any] = {"__module__": cls.__module__, ADOPTED: True}
+    if isinstance(module, fx.GraphModule):
+        namespace["__deepcopy__"] = _deepcopy_adopted
     for key in (*module._parameters, *module._buffers, *module._modules):
         if inspect.getattr_static(cls, key, None) is not None:  # YOLO's Detect has `strides = torch.empty(0)`
             namespace[key] = _registry_property(key)
@@ -231,7 +250,11 @@ class PartedModel:
         host = copy.deepcopy(model)
         parts = capture_parts(host, example_inputs)
         if parts[0].name == "":  # traced whole (parts inside its leaves stay frozen, as in a plain trace)
-            return cls(parts[0].graph_module, {"": parts[0].example_inputs}, {})
+            from .library_models import is_library_model
+
+            originals = {"": host} if is_library_model(model) else {}  # a Hugging Face or Ultralytics class
+            gm = adopt_interface(parts[0].graph_module, host) if originals else parts[0].graph_module
+            return cls(gm, {"": parts[0].example_inputs}, originals)
         originals = {part.name: host.get_submodule(part.name) for part in parts}
         for part in parts:
             host.set_submodule(part.name, adopt_interface(part.graph_module, originals[part.name]))
@@ -259,7 +282,10 @@ class PartedModel:
     def with_parts(self, slim: dict[str, fx.GraphModule]) -> "PartedModel":
         """A new model: a copy of this one with the given parts replaced (kept with their class's interface)."""
         if self.whole:
-            return PartedModel(slim.get("", self.host), self.examples, {})
+            module = slim.get("", self.host)
+            if "" in self.originals and module is not self.host:
+                module = adopt_interface(module, self.originals[""])
+            return PartedModel(module, self.examples, self.originals)
         host = copy.deepcopy(self.host)
         for name, module in slim.items():
             host.set_submodule(name, adopt_interface(module, self.originals[name]))

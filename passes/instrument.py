@@ -48,7 +48,7 @@ class FatuousHead(nn.Module):
         return self.linear(pooled)
 
 
-def _feature_map(node: fx.Node) -> Optional[torch.Size]:
+def feature_map(node: fx.Node) -> Optional[torch.Size]:
     value = node.meta.get("val")
     if isinstance(value, torch.Tensor) and value.dim() >= 3 and value.shape[2:].numel() > 1:
         return value.shape
@@ -58,7 +58,7 @@ def _feature_map(node: fx.Node) -> Optional[torch.Size]:
 def default_attachment_point(gm: fx.GraphModule) -> str:
     """The last feature map with a spatial extent (the input of the global pooling)."""
     for node in reversed(list(gm.graph.nodes)):
-        if node.op not in ("placeholder", "get_attr", "output") and _feature_map(node) is not None:
+        if node.op not in ("placeholder", "get_attr", "output") and feature_map(node) is not None:
             return node.name
     raise FalfValueError("no feature map (batch, channels, spatial...) in this model to attach a fatuous head to; "
                      "name an attachment point explicitly")
@@ -84,7 +84,7 @@ class AttachFatuousHeads(PassBase):
         for index, point in enumerate(points):
             if point not in by_name:
                 raise FalfValueError(f"attachment point '{point}' is not a node of this graph")
-            shape = _feature_map(by_name[point])
+            shape = feature_map(by_name[point])
             if shape is None:
                 raise FalfValueError(f"attachment point '{point}' is not a feature map (batch, channels, spatial...)")
             head = FatuousHead(shape[1], self.num_outputs)

@@ -68,6 +68,6 @@ HUGGING_FACE_FROZEN = {
 }
 
 
-def ultralytics(cfg: str) -> nn.Module:
+def ultralytics(cfg: str, nc: int = 80) -> nn.Module:
     from ultralytics.nn.tasks import DetectionModel
-    return DetectionModel(cfg, nc=80, verbose=False)
+    return DetectionModel(cfg, nc=nc, verbose=False)

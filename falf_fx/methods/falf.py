@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from falf_fx.passes.instrument import AttachFatuousHeads
+from falf_fx.passes.instrument import AttachFatuousHeads, feature_map
 
 from ..errors import FalfValueError
 from ..training import TrainConfig, epoch_loader, total_loss
@@ -136,6 +136,9 @@ class FALF(ScoreMethod):
 
     def devotion(self, round_: Round, trained: fx.GraphModule) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         """Per channel, its main-task saliency and its devotion in [0, 1] to the fatuous task."""
+        if not self._attachable(round_):  # a detector's RPN or box head: its main-task saliency alone
+            main, _ = self._saliency(round_, trained, None, None)
+            return main, {g: np.zeros_like(m) for g, m in main.items()}
         task = FatuousTask(self.target, round_.num_classes, round_.seed)
         instrumented = AttachFatuousHeads(round_.num_classes, self.points, seed=round_.seed)(trained).graph_module
         split = SplitOutputs(instrumented)  # the user's outputs; the heads' stay behind for the penalty
@@ -155,20 +158,31 @@ class FALF(ScoreMethod):
             return main, {g: r / (r + np.median(r) + 1e-12) for g, r in relative.items()}
         return main, {g: fatuous[g] / (fatuous[g] + main[g] + 1e-12) for g in main}
 
+    def _attachable(self, round_: Round) -> bool:
+        """Whether the fatuous heads go on this model: a model traced whole, or a part fed the images batch
+        (a detector's backbone and FPN, whose samples are the images and whose targets follow them)."""
+        if self.points or round_.embed is None:
+            return True
+        first = next(n for n in round_.gm.graph.nodes if n.op == "placeholder").meta.get("val")
+        has_map = any(n.op not in ("placeholder", "get_attr", "output") and feature_map(n) is not None
+                      for n in round_.gm.graph.nodes)
+        return isinstance(first, torch.Tensor) and first.dim() == 4 and has_map
+
     def _saliency(self, round_: Round, trained, instrumented, task) -> tuple[dict, dict]:
-        """Per channel, |w * dL/dw| summed over a few batches, for the main and the fatuous loss."""
+        """Per channel, |w * dL/dw| summed over a few batches, for the main and (with heads) the fatuous loss."""
         params = dict(trained.named_parameters())
-        saliency = {"fatuous": {n: torch.zeros_like(p) for n, p in params.items()},
-                    "main": {n: torch.zeros_like(p) for n, p in params.items()}}
-        was_training = instrumented.training
-        instrumented.eval()
-        split = SplitOutputs(instrumented)
+        kinds = ("fatuous", "main") if instrumented is not None else ("main",)
+        saliency = {kind: {n: torch.zeros_like(p) for n, p in params.items()} for kind in kinds}
+        model = instrumented if instrumented is not None else trained
+        was_training = model.training
+        model.eval()
+        split = SplitOutputs(instrumented) if instrumented is not None else trained
         batches = epoch_loader(round_.train_loader, round_.seed, round_.index)  # the same batches on resume
         for index, batch in enumerate(batches):
             if index >= self.taylor_batches:
                 break
-            for kind in ("fatuous", "main"):
-                instrumented.zero_grad(set_to_none=True)
+            for kind in kinds:
+                model.zero_grad(set_to_none=True)
                 outputs = round_.run(split, batch)
                 loss = (sum(task.loss(h, split.inputs) for h in split.extra) if kind == "fatuous"
                         else total_loss(round_.main_loss(outputs, batch), "saliency"))
@@ -176,9 +190,9 @@ class FALF(ScoreMethod):
                 for name, p in params.items():
                     if p.grad is not None:
                         saliency[kind][name] += (p.grad * p).detach().abs()
-        instrumented.train(was_training)  # the modules are the model's own
-        return (_per_channel(round_, saliency["main"], reduce_sq=False),
-                _per_channel(round_, saliency["fatuous"], reduce_sq=False))
+        model.train(was_training)  # the modules are the model's own
+        main = _per_channel(round_, saliency["main"], reduce_sq=False)
+        return main, (_per_channel(round_, saliency["fatuous"], reduce_sq=False) if instrumented is not None else {})
 
 
 @dataclass
