@@ -17,7 +17,7 @@ import falf_fx
 from falf_fx.text_report import compress_table
 from falf_fx.training import TrainConfig, evaluate, train
 
-__all__ = ["example_parser", "first_samples", "pretrain_and_compress"]
+__all__ = ["example_parser", "first_samples", "pretrain_and_compress", "print_costs"]
 
 
 def example_parser(doc: str, *, epochs: int, rounds: int, lr: float, batch_size: int) -> argparse.ArgumentParser:
@@ -67,5 +67,10 @@ def pretrain_and_compress(model: nn.Module, train_loader: DataLoader, val_loader
     result = falf_fx.compress(model, train_loader, method=args.method, val_loader=val_loader,
                               target_macs=args.target_macs, rounds=args.rounds,
                               finetune_epochs=args.finetune_epochs, seed=args.seed, **compress_options)
-    console.print(compress_table(result.report, title=f"{title}, {args.method} to {args.target_macs:g} of the MACs"))
+    print_costs(result, f"{title}, {args.method} to {args.target_macs:g} of the MACs")
     return result
+
+
+def print_costs(result: falf_fx.CompressResult, title: str) -> None:
+    """The before/after table: the run's metric, MACs, FLOPs, parameters and CPU latency."""
+    Console(highlight=False).print(compress_table(result.report, title=title))

@@ -20,8 +20,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from .errors import FalfValueError
+from .instrument import feature_map
 
-__all__ = ["GateHeads", "BuildPrunerNetwork", "classifier_features", "HEADS_NAME"]
+__all__ = ["GateHeads", "BuildPrunerNetwork", "gate_features", "HEADS_NAME"]
 
 HEADS_NAME = "npn_gate_heads"
 
@@ -52,8 +53,9 @@ def _is_classifier(node: fx.Node, gm: fx.GraphModule) -> bool:
     return node.op == "call_function" and node.target is nn.functional.linear
 
 
-def classifier_features(gm: fx.GraphModule) -> fx.Node:
-    """The input of the last linear layer on the way to the output (what the classifier reads)."""
+def gate_features(gm: fx.GraphModule) -> fx.Node:
+    """What the gate heads read: the input of the last linear layer on the way to the output (what a
+    classifier reads), else the last feature map with a spatial extent (a segmenter's or detector's head)."""
     output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
     node = output.args[0]
     while isinstance(node, fx.Node):
@@ -61,8 +63,11 @@ def classifier_features(gm: fx.GraphModule) -> fx.Node:
             return node.args[0]
         inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
         node = inputs[0] if len(inputs) == 1 else None
-    raise FalfValueError("cannot find the classifier (a Linear feeding the output through single-input ops): "
-                     "name the node whose output the gate heads read with features=")
+    for node in reversed(list(gm.graph.nodes)):
+        if node.op not in ("placeholder", "get_attr", "output") and feature_map(node) is not None:
+            return node
+    raise FalfValueError("neither a classifier (a Linear feeding the output through single-input ops) nor a "
+                         "feature map for the gate heads to read: name the node with features=")
 
 
 class BuildPrunerNetwork(PassBase):
@@ -81,7 +86,7 @@ class BuildPrunerNetwork(PassBase):
         by_name = {n.name: n for n in graph.nodes}
         if self.features is not None and self.features not in by_name:
             raise FalfValueError(f"features='{self.features}' is not a node of this graph")
-        features = by_name[self.features] if self.features else classifier_features(pruner)
+        features = by_name[self.features] if self.features else gate_features(pruner)
         value = features.meta.get("val")
         if not isinstance(value, torch.Tensor) or value.dim() < 2:
             raise FalfValueError(f"the gate heads read node '{features.name}', which is not a (batch, features...) "

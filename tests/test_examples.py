@@ -77,3 +77,27 @@ def test_c3d_synthetic_slims_3d_convs_with_falf(run_example):
     convs = [m for m in result.model.modules() if isinstance(m, nn.Conv3d)]
     assert len(convs) == 3 and sum(m.out_channels for m in convs) < 16 + 32 + 64
     assert result.model(torch.randn(2, 3, 8, 32, 32)).shape == (2, 10)
+
+
+TASK_TINY = ["--epochs", "1", "--max-batches", "2", "--limit", "8", "--finetune-epochs", "1", "--batch-size", "4"]
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn", "ssdlite", "yolov8n"])
+def test_detection_synthetic(run_example, arch):
+    result, text = run_example("detection_synthetic", *TASK_TINY, "--arch", arch)
+    _check_reduced(result, text)
+    assert "mAP@0.5" in text and f"{arch} on synthetic shapes, falf" in text
+
+
+def test_segmentation_synthetic(run_example):
+    result, text = run_example("segmentation_synthetic", *TASK_TINY)
+    _check_reduced(result, text)
+    assert "mIoU" in text and result.report["metric"] == "miou"
+
+
+def test_step_api_loop_saves_a_state_to_resume_from(run_example, tmp_path):
+    state = tmp_path / "run.pt"
+    result, text = run_example("step_api_loop", "--limit", "64", "--state", str(state))
+    _check_reduced(result, text)
+    assert "round 1: fatuous" in text and "round 1: finetune" in text
+    assert torch.load(state, weights_only=True)["round"] == -1  # saved during the only round: none finished yet

@@ -19,7 +19,7 @@ from falf_fx.methods.pruner_network import (PrunerNetwork, as_removals, gate_spr
 from falf_fx.models import lenet5, resnet20
 from falf_fx.passes.gates import GATE_PREFIX, GATED_GROUPS_KEY, InsertGates, remove_gates
 from falf_fx.passes.plan import PruningPlan
-from falf_fx.passes.pruner_network import HEADS_NAME, BuildPrunerNetwork, classifier_features
+from falf_fx.passes.pruner_network import HEADS_NAME, BuildPrunerNetwork, gate_features
 from falf_fx.passes.rewrite import slim_graph_module
 from tests.conftest import pretrained_state, randomize_norms, with_state
 
@@ -123,12 +123,14 @@ def test_the_pruner_has_one_head_per_gated_group(resnet):
 
 def test_the_pruner_reads_what_the_classifier_read():
     gm, _ = _traced(lenet5, (1, 28, 28))
-    assert classifier_features(gm).name == "_8"  # ReLU after the 800 -> 500 layer
+    assert gate_features(gm).name == "_8"  # ReLU after the 800 -> 500 layer
     with pytest.raises(ValueError, match="features='nope' is not a node"):
         BuildPrunerNetwork([20], features="nope")(gm)
-    no_linear = falf_fx.trace(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()), torch.randn(1, 1, 6, 6))
-    with pytest.raises(ValueError, match="cannot find the classifier.*features="):
-        classifier_features(no_linear)
+    segmenter = falf_fx.trace(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 1)), torch.randn(1, 1, 6, 6))
+    assert gate_features(segmenter).name == "_2"  # no classifier: the last feature map
+    flat = falf_fx.trace(nn.Sequential(nn.Flatten(), nn.ReLU()), torch.randn(1, 1, 6, 6))
+    with pytest.raises(ValueError, match="neither a classifier.*features="):
+        gate_features(flat)
 
 
 # -- gate arithmetic ----------------------------------------------------------------------------------

@@ -170,9 +170,6 @@ class PrunerNetwork(MethodBase):
     # -- the protocol -------------------------------------------------------------------------------
 
     def propose(self, round_: Round) -> Proposal:
-        if round_.embed is not None:
-            raise FalfError(f"pruner_network gates every group from the features of a model traced whole; this "
-                            f"model is captured in parts ('{round_.part_name}' is one): use another method")
         train_loader, heldout, source = self._loaders(round_)
         record: dict[str, Any] = {"gates_from": source}
         if round_.target_macs is None:
@@ -255,19 +252,21 @@ class PrunerNetwork(MethodBase):
                                   schedule="constant", max_batches=self.max_batches) if pruner_only else
                       TrainConfig(epochs=1, lr=self.lr, schedule="constant", max_batches=self.max_batches, seed=seed))
             round_.train(round_.phase(f"npn-trial{number}-epoch{epoch}", split, config, penalty, train_loader))
-            mean_gates = self._mean_gates(network, heldout)
+            mean_gates = self._mean_gates(round_, split, heldout)
             if gate_spread(mean_gates, frozen) >= self.spread and float(network.alpha) < self.alpha_max:
                 network.alpha.fill_(min(float(network.alpha) * self.alpha_step, self.alpha_max))
         for p in network.main.parameters():
             p.requires_grad_(True)
-        mean_gates = self._mean_gates(network, heldout)
+        mean_gates = self._mean_gates(round_, split, heldout)
         removals = threshold_removals(mean_gates, frozen, self.threshold)
         return _Trial(lam, network, mean_gates, removal_order(mean_gates, frozen, self.threshold), removals,
                       self._macs_left(round_, removals, mean_gates))
 
     @torch.no_grad()
-    def _mean_gates(self, network: GatedNetwork, heldout: DataLoader) -> dict[int, np.ndarray]:
-        """Each channel's gate averaged over held-out samples (and over DDP ranks)."""
+    def _mean_gates(self, round_: Round, split: SplitOutputs, heldout: DataLoader) -> dict[int, np.ndarray]:
+        """Each channel's gate averaged over held-out samples (and over DDP ranks); a part's pruner reads the
+        inputs the code around it gives the part."""
+        network = split.module
         was_training = network.training
         network.eval()
         sums = [None] * len(network.group_ids)
@@ -275,10 +274,10 @@ class PrunerNetwork(MethodBase):
         for index, batch in enumerate(heldout):
             if self.gate_batches is not None and index >= self.gate_batches:
                 break
-            for k, gates in enumerate(network.pruner(batch[0])):
+            for k, gates in enumerate(network.pruner(*round_.part_inputs(split, [batch])[0])):
                 total = gates.double().sum(0)
                 sums[k] = total if sums[k] is None else sums[k] + total
-            seen += batch[0].shape[0]
+            seen += gates.shape[0]
         network.train(was_training)
         if seen == 0:
             raise FalfError("pruner_network: the held-out loader is empty")
