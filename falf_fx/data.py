@@ -1,8 +1,7 @@
 """Data for the training phases: embedded digits, synthetic tensors, a CIFAR-10 folder, or the user's own.
 
 Every source returns ``(train_loader, val_loader)`` whose batches are ``(inputs, targets)``,
-the shape :func:`falf_fx.training.train` expects.  :func:`with_indices` adds each sample's
-index to its batch, for methods that keep per-sample state (FALF's fatuous labels).
+the shape :func:`falf_fx.training.train` expects.
 """
 from __future__ import annotations
 
@@ -16,13 +15,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .errors import FalfTypeError, FalfValueError
+from .errors import FalfValueError
 
-__all__ = ["DataError", "IndexedDataset", "SHAPE_CLASSES", "cifar10_loaders", "digits_loaders", "load_data",
-           "shapes_loaders", "synthetic_loaders",
-           "with_indices", "CIFAR10_MEAN", "CIFAR10_STD"]
+__all__ = ["DataError", "SHAPE_CLASSES", "cifar10_loaders", "digits_loaders", "load_data",
+           "shapes_loaders", "synthetic_loaders", "CIFAR10_MEAN", "CIFAR10_STD"]
 
 Loaders = tuple[DataLoader, DataLoader]
 
@@ -330,36 +328,6 @@ def cifar10_loaders(path: str | Path, batch_size: int = 128, augment: bool = Tru
 
 
 # -- per-sample indices ------------------------------------------------------------------------
-
-
-class IndexedDataset(Dataset):
-    """``dataset``'s samples with their index appended, ``(x, y, index)``: a method can then keep
-    per-sample state, such as FALF's fatuous labels drawn once per sample."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-            raise FalfTypeError(f"IndexedDataset needs a map-style dataset (with __len__ and __getitem__), "
-                            f"not {type(dataset).__name__}: an iterable dataset has no stable sample index")
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple:
-        sample = self.dataset[index]
-        return (*sample, index) if isinstance(sample, (tuple, list)) else (sample, index)
-
-
-def with_indices(loader: DataLoader) -> DataLoader:
-    """The same loader (batching, sampler, workers, collate) over :class:`IndexedDataset`."""
-    dataset = IndexedDataset(loader.dataset)
-    common = dict(num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                  timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
-                  prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers)
-    if loader.batch_size is None and loader.batch_sampler is not None:  # the user gave a batch_sampler
-        return DataLoader(dataset, batch_sampler=loader.batch_sampler, **common)
-    return DataLoader(dataset, batch_size=loader.batch_size, sampler=loader.sampler, drop_last=loader.drop_last,
-                      **common)
 
 
 # -- the CLI's --data --------------------------------------------------------------------------

@@ -11,11 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from falf_fx.data import (CIFAR10_MEAN, CIFAR10_STD, DataError, IndexedDataset, cifar10_loaders, digits_loaders,
-                          load_data, synthetic_loaders, with_indices)
-from falf_fx.training import TrainConfig, train
+from falf_fx.data import (CIFAR10_MEAN, CIFAR10_STD, DataError, cifar10_loaders, digits_loaders, load_data,
+                          synthetic_loaders)
 
 
 def _everything(loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,59 +235,6 @@ def test_cifar10_bad_batch_file_is_named(cifar_folder, payload, message):
 
 
 # -- per-sample indices ------------------------------------------------------------------------
-
-
-def test_indexed_dataset_appends_the_index():
-    base = TensorDataset(torch.arange(10.0).view(10, 1), torch.arange(10) % 3)
-    indexed = IndexedDataset(base)
-    x, y, index = indexed[7]
-    assert len(indexed) == 10 and index == 7 and x.item() == 7.0 and y.item() == 1
-    assert IndexedDataset(["a", "b"])[1] == ("b", 1)  # a bare sample gets its index too
-
-
-def test_with_indices_keeps_the_loader_settings_and_maps_back_to_samples():
-    base = TensorDataset(torch.arange(10.0).view(10, 1), torch.arange(10) % 3)
-    collate_calls = []
-
-    def collate(samples):
-        collate_calls.append(len(samples))
-        return torch.utils.data.default_collate(samples)
-
-    loader = DataLoader(base, batch_size=4, shuffle=True, drop_last=True, collate_fn=collate)
-    indexed = with_indices(loader)
-    assert (indexed.batch_size, indexed.drop_last, indexed.collate_fn) == (4, True, collate)
-    assert isinstance(indexed.sampler, RandomSampler)
-    batches = list(indexed)
-    assert len(batches) == 2 and collate_calls == [4, 4]
-    for x, y, index in batches:
-        assert torch.equal(x.flatten(), index.float()) and torch.equal(y, index % 3)
-    seen = torch.cat([index for *_, index in batches])
-    assert len(seen.unique()) == 8
-
-
-def test_with_indices_feeds_the_training_loop():
-    """The loss sees ``(inputs, targets, index)`` batches and, over an epoch, every train sample's index."""
-    train_loader, _ = synthetic_loaders(input_shape=(2, 8), num_samples=64, batch_size=16)
-    seen = []
-
-    def loss_fn(outputs, batch):
-        inputs, targets, index = batch
-        seen.append(index)
-        return F.cross_entropy(outputs, targets)
-
-    history = train(nn.Sequential(nn.Flatten(), nn.Linear(16, 10)), with_indices(train_loader), loss_fn,
-                    TrainConfig(epochs=1), progress=False)
-    assert len(history) == 1
-    assert sorted(torch.cat(seen).tolist()) == list(range(len(train_loader.dataset)))
-
-
-def test_with_indices_rejects_iterable_datasets():
-    class Stream(IterableDataset):
-        def __iter__(self):
-            yield torch.zeros(1), torch.tensor(0)
-
-    with pytest.raises(TypeError, match="map-style dataset.*no stable sample index"):
-        with_indices(DataLoader(Stream(), batch_size=1))
 
 
 # -- load_data ---------------------------------------------------------------------------------
