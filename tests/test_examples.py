@@ -101,3 +101,9 @@ def test_step_api_loop_saves_a_state_to_resume_from(run_example, tmp_path):
     _check_reduced(result, text)
     assert "round 1: fatuous" in text and "round 1: finetune" in text
     assert torch.load(state, weights_only=True)["round"] == -1  # saved during the only round: none finished yet
+
+
+def test_hf_trainer_drives_the_step_api(run_example):
+    result, text = run_example("hf_trainer_step_api", "--limit", "64", "--batch-size", "32")
+    _check_reduced(result, text)
+    assert "round 1: fatuous, 1 epoch(s), by the Hugging Face Trainer" in text and "Top-1 accuracy" in text
