@@ -129,10 +129,10 @@ def _error(error: BaseException) -> str:
 
 def models() -> dict:
     """name -> (builder of the model, in the mode it is measured in; builder of its input)."""
-    from tests.hub_models import HUGGING_FACE_FROZEN, hugging_face, ultralytics
+    from tests.hub_models import hugging_face, ultralytics
 
     table = {name: (lambda b=build: b().eval(), example)
-             for name, (build, example) in {**hugging_face(), **HUGGING_FACE_FROZEN}.items()}
+             for name, (build, example) in hugging_face().items()}
     for cfg in ("yolov8n", "yolo11n"):
         for mode in ("eval", "train"):
             table[f"{cfg} ({mode})"] = (lambda c=cfg, m=mode: ultralytics(f"{c}.yaml").train(m == "train"),

@@ -598,6 +598,22 @@ class FreeParameters(nn.Module):
         return self.conv2(torch.relu(self.conv1(x) * self.scale + self.shift))
 
 
+class MeanOverChannels(nn.Module):
+    """ConvNeXt-V2's global response normalisation: each channel divided by the mean over all channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(3, 8, 1)
+        self.gamma = nn.Parameter(torch.randn(1, 8, 1, 1))
+        self.project = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = F.gelu(self.expand(x))
+        g = torch.linalg.vector_norm(h, 2, dim=(2, 3), keepdim=True)
+        n = g / (g.mean(dim=1, keepdim=True) + 1e-6)
+        return self.project(self.gamma * (h * n) + h) + x.mean(1, keepdim=True)
+
+
 CASES: dict[str, Case] = {
     "conv1d": Case(conv1d_net, _seq()),
     "conv2d": Case(conv2d_net, _image()),
@@ -633,6 +649,7 @@ CASES: dict[str, Case] = {
     "free_parameters": Case(FreeParameters, _image(size=5)),
     "input_residual": Case(InputResidual, _image(size=5)),
     "channel_count_as_value": Case(ChannelCountAsValue, _image(size=5)),
+    "mean_over_channels": Case(MeanOverChannels, _image(size=5)),
 }
 
 

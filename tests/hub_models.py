@@ -34,6 +34,8 @@ def hugging_face() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], torc
     return {
         "resnet": (lambda: _classifier(T.ResNetConfig(embedding_size=16, **stages)), _image),
         "convnext": (lambda: _classifier(T.ConvNextConfig(**stages)), _image),
+        # global response normalisation divides by the mean over channels: the slim mean counts the removed ones
+        "convnextv2": (lambda: _classifier(T.ConvNextV2Config(**stages)), _image),
         "regnet": (lambda: _classifier(T.RegNetConfig(embedding_size=16, groups_width=8, **stages)), _image),
         "mobilenet_v2": (lambda: _classifier(T.MobileNetV2Config(depth_multiplier=0.35, image_size=64,
                                                                  num_labels=10)), _image),
@@ -58,14 +60,6 @@ def hugging_face() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], torc
             vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)),
             _tokens),
     }
-
-
-# Exact but with nothing to cut: ConvNeXtV2's global response normalisation divides every channel by the
-# mean over all channels, which any removal changes (falf_fx freezes it; a pruner that cuts it is not exact).
-HUGGING_FACE_FROZEN = {
-    "convnextv2": (lambda: _classifier(__import__("transformers").ConvNextV2Config(
-        hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=10)), _image),
-}
 
 
 def ultralytics(cfg: str, nc: int = 80) -> nn.Module:

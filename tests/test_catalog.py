@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import warnings
 
 import numpy as np
@@ -133,6 +134,16 @@ def test_group_norm_loses_whole_normalisation_groups():
     norm = slim.get_submodule("1")
     assert (norm.num_groups, norm.num_channels) == (2, 8)
     assert slim.get_submodule("0").out_channels == 8
+
+
+def test_a_mean_over_channels_is_pruned_and_counts_the_removed_ones():
+    _, _, analysis = _analyse("mean_over_channels")
+    group = _group(analysis, "expand")
+    assert not group.frozen.any()
+    slim = falf_fx.slim(analysis.graph_module, PruningPlan.build(analysis, {group.id: [0, 1, 2, 3, 4]}))
+    scales = [n.args[1] for n in slim.graph.nodes if n.op == "call_function" and n.target is operator.mul
+              and isinstance(n.args[1], float)]
+    assert scales == [3 / 8]  # the mean of the 3 kept channels, over the 8 the original had
 
 
 def test_layer_norm_over_channels_is_frozen_with_its_reason():

@@ -5,9 +5,9 @@ import operator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
-from ..rule_registry import Layout, RuleContext, register_rule
+from ..rule_registry import Layout, RuleContext, SlimView, register_rule
 from .common import couple, first_tensor, parse_dims, tensor_operands
 
 # -- one tensor in, same channels out --------------------------------------------
@@ -109,7 +109,8 @@ register_rule(nn.Softmax, nn.LogSoftmax, nn.Softmin, F.softmax, F.log_softmax, F
               propagate=_along_dim(dim_index=1))
 register_rule(F.normalize, propagate=_along_dim(dim_index=2))
 
-# -- reductions: a sum over channels is exact (removed channels add zero); others are not
+# -- reductions: a sum over channels is exact (removed channels add zero), and a mean over the original count;
+# others are not
 
 
 def _reduction(exact_over_channels: bool, dim_index: int = 1):
@@ -134,9 +135,32 @@ def _reduction(exact_over_channels: bool, dim_index: int = 1):
     return propagate
 
 
+def _mean_over_the_original_count(node: fx.Node, view: SlimView) -> None:
+    """A mean over a pruned axis is the kept values' sum over the *original* count: in the masked original the
+    removed channels are zeros that still count (ConvNeXt-V2's global response norm divides by the mean
+    over channels).  So the slim mean is scaled by kept / original."""
+    x = next((a for a in node.all_input_nodes if isinstance(a.meta.get("val"), torch.Tensor)), None)
+    if x is None:
+        return
+    shape = x.meta["val"].shape
+    dims = parse_dims(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"), len(shape))
+    scale = 1.0
+    for d in dims or ():
+        keep = view.kept(x.name, d)
+        if keep is not None and int(keep.sum()) < shape[d]:
+            scale *= int(keep.sum()) / shape[d]
+    if scale == 1.0:
+        return
+    with node.graph.inserting_after(node):
+        scaled = node.graph.call_function(operator.mul, (node, scale))
+    node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
+
+
 register_rule(torch.sum, "sum", propagate=_reduction(exact_over_channels=True))
-register_rule(torch.mean, torch.amax, torch.amin, torch.std, torch.var, torch.prod, torch.logsumexp,
-              "mean", "amax", "amin", "std", "var", "prod", "logsumexp",
+register_rule(torch.mean, "mean", propagate=_reduction(exact_over_channels=True),
+              rewrite_args=_mean_over_the_original_count)
+register_rule(torch.amax, torch.amin, torch.std, torch.var, torch.prod, torch.logsumexp,
+              "amax", "amin", "std", "var", "prod", "logsumexp",
               propagate=_reduction(exact_over_channels=False))
 # torch.linalg.vector_norm(x, ord, dim, keepdim): a norm over the spatial axes is one value per channel
 register_rule(torch.linalg.vector_norm, propagate=_reduction(exact_over_channels=False, dim_index=2))
