@@ -89,3 +89,26 @@ def test_detector_pruned_in_parts(name: str, mode: str, tmp_path) -> None:
     for a, b in zip(want, got):
         for key in a:
             torch.testing.assert_close(b[key], a[key])
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_compress_leaves_every_detector_untouched(name: str) -> None:
+    """compress on the detector as passed (one fine-tuning epoch on two images): the user's object comes back
+    slim and of its class, and the detector given to compress has every tensor and attribute as before."""
+    from torch.utils.data import DataLoader
+
+    from falf_fx.training import inputs_and_targets
+
+    model = _build(name).train()
+    images, targets = _images_and_targets(name, 2)
+    loader = DataLoader(list(zip(images, targets)), batch_size=2, collate_fn=lambda s: tuple(map(list, zip(*s))))
+    state, attributes = _state(model), {n: dict(vars(m)) for n, m in model.named_modules()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = falf_fx.compress(model, loader, loss_fn=lambda losses, batch: losses, forward=inputs_and_targets,
+                                  target_macs=0.8, finetune_epochs=1, finetune_lr=0.001, progress=False,
+                                  measure_latency=False)
+    assert type(result.model) is type(model) and result.report["target"]["met"]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert {n: dict(vars(m)) for n, m in model.named_modules()}.keys() == attributes.keys()
+    assert all(vars(m)[k] is v for n, m in model.named_modules() for k, v in attributes[n].items())

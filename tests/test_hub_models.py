@@ -163,9 +163,10 @@ def test_compress_leaves_a_hugging_face_model_untouched(name: str) -> None:
     _compress_untouched(build().eval(), torch.cat([example()] * 4))
 
 
-def test_compress_leaves_a_yolo_model_untouched() -> None:
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_compress_leaves_a_yolo_model_untouched(cfg: str) -> None:
     torch.manual_seed(0)
-    _compress_untouched(ultralytics("yolov8n.yaml").train(), torch.randn(8, 3, 64, 64))
+    _compress_untouched(ultralytics(cfg).train(), torch.randn(8, 3, 64, 64))
 
 
 def test_compress_a_hugging_face_model_with_its_own_loss() -> None:
