@@ -283,12 +283,16 @@ class _Run:
         """Each part's MACs goal: the same share of every part with channels to cut, the others as they are."""
         parts = {name: self.per_module[name][0] for name in self.model.names}
         cuttable = [name for name in parts if self.analyses[name].prunable_groups]
+        if not cuttable:
+            reasons = sorted({r for a in self.analyses.values() for g in a.groups for r in g.reasons})[:3]
+            raise FalfError(f"nothing to prune: every channel group is frozen ({'; '.join(reasons)})")
         fixed = sum(macs for name, macs in parts.items() if name not in cuttable)
         share = max(goal_macs - fixed, 0.0) / max(sum(parts[name] for name in cuttable), 1.0)
         return {name: parts[name] * min(share, 1.0) for name in cuttable}
 
-    def _round(self, name: str, index: int, goal: float, auxiliary: dict[str, int]) -> Round:
-        """The method's view of part ``name`` this round (for a whole model, of the model)."""
+    def _round(self, name: str, index: int, goal: float, final: Optional[float], auxiliary: dict[str, int]) -> Round:
+        """The method's view of part ``name`` this round (for a whole model, of the model): ``goal`` its MACs
+        after this round, ``final`` after the last (None: a tolerance only)."""
         if self.analyses[name].graph_module is not self.model.part(name):  # a kept round, or a resumed run
             self.analyses[name] = analyze_graph(self.model.part(name))
         analysis, (part_macs, per_module) = self.analyses[name], self.per_module[name]
@@ -296,7 +300,7 @@ class _Run:
         embed = None if scratch is None else (lambda module: self.model.placed(name, module, scratch))
         return Round(self.model.part(name), analysis, self.loader, self.main_loss, self.classes, index, self.seed,
                      macs_to_remove=part_macs - goal, costs=channel_mac_costs(analysis, per_module),
-                     total_macs=part_macs, target_macs=None if self.target_macs is None else goal,
+                     total_macs=part_macs, target_macs=final,
                      val_loader=self.val_loader, checkpoints=self.store, resume=self.resume, progress=self.progress,
                      macs_model=MacsModel(analysis, per_module, part_macs), allocation=self.allocation,
                      min_keep=self.min_keep, auxiliary_epochs=auxiliary, trainer=self.trainer,
@@ -308,8 +312,9 @@ class _Run:
         goal_macs = _round_goal(self.before.macs, self.current.macs, index, self.rounds, self.target_macs, self.step)
         auxiliary: dict[str, int] = {}
         slim, removed, extra = {}, 0, {}
+        finals = None if self.target_macs is None else self._part_goals(self.target_macs * self.before.macs)
         for name, goal in self._part_goals(goal_macs).items():
-            round_ = self._round(name, index, goal, auxiliary)
+            round_ = self._round(name, index, goal, None if finals is None else finals[name], auxiliary)
             proposal = self.pruner.propose(round_)
             slim[name] = slim_graph_module(proposal.model, proposal.plan)
             removed += proposal.plan.num_removed
