@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import warnings
@@ -321,16 +322,13 @@ class _Run:
             extra.update(proposal.record)
         candidate = self.model.with_parts(slim)
         _check_output_structure(candidate.host, self.example, self.output_structure, index)
-        config = self.budget.config(index, self.seed)
-        if config.epochs:
-            self.trainer(Phase(candidate.host, "finetune", f"round{index}-finetune", index, config))
+        candidate, metric, finetuning = self._finetune(candidate, index, self.budget.config(index, self.seed))
         candidate_cost, candidate_per_module = self._cost(candidate)
         record = {"round": index + 1, "method": self.pruner.name, "channels_removed": removed,
-                  "macs": candidate_cost.macs, "finetune_epochs": config.epochs, "auxiliary_epochs": auxiliary,
-                  **extra}
+                  "macs": candidate_cost.macs, **finetuning, "auxiliary_epochs": auxiliary, **extra}
         record["macs_ratio"] = record["macs"] / self.before.macs
         if self.metric is not None:
-            record["metric"] = self._measure(candidate.host, f"in round {index + 1}, after fine-tuning")
+            record["metric"] = metric
         # outside the tolerance: keep the previous round's model
         record["kept"] = self.tolerance is None or self.base_metric - record["metric"] <= self.tolerance
         self.history.append(record)
@@ -341,6 +339,38 @@ class _Run:
         if self.store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
             self.store.save(_STATE, self.origin, self.state())  # the safe format, written atomically
         return record
+
+    def _finetune(self, candidate: PartedModel, index: int,
+                  config: TrainConfig) -> tuple[PartedModel, Optional[float], dict[str, Any]]:
+        """The round's fine-tuning, and the candidate's metric after it.
+
+        With a metric, a fine-tuning that ends more than 5% (relative) below where it
+        started has diverged: a thin slim network at the peak learning rate (NPN's at an
+        eighth of LeNet-5's MACs fell from 91% to chance).  It is redone from the slim
+        model at half the learning rate; if that diverges too, the slim model goes on as
+        it was.  Either is recorded, and the epochs spent count in the budget.
+        """
+        after = f"in round {index + 1}, after fine-tuning"
+        name = f"round{index}-finetune"
+        if not config.epochs or self.metric is None:
+            if config.epochs:
+                self.trainer(Phase(candidate.host, "finetune", name, index, config))
+            return candidate, self._measure(candidate.host, after), {"finetune_epochs": config.epochs}
+        start = self._measure(candidate.host, f"in round {index + 1}, before fine-tuning")
+        spent = 0
+        for attempt, lr in enumerate((config.lr, config.lr / 2)):
+            trained = candidate.copy()
+            self.trainer(Phase(trained.host, "finetune", name + ("-retry" if attempt else ""), index,
+                               dataclasses.replace(config, lr=lr)))
+            spent += config.epochs
+            metric = self._measure(trained.host, after)
+            if metric >= start - 0.05 * abs(start):
+                return trained, metric, {"finetune_epochs": spent, **({"finetune_retry_lr": lr} if attempt else {})}
+            warnings.warn(f"compress: the fine-tuning of round {index + 1} at lr {lr:g} diverged ({self.metric.name} "
+                          f"{start:.4f} before it, {metric:.4f} after)" + ("; retrying at half the lr" if not attempt
+                                                                           else "; the slim model goes on untuned"),
+                          stacklevel=4)
+        return candidate, start, {"finetune_epochs": spent, "finetune_diverged": True}
 
     def result(self) -> CompressResult:
         after = self.current

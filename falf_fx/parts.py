@@ -291,6 +291,10 @@ class PartedModel:
             host.set_submodule(name, adopt_interface(module, self.originals[name]))
         return PartedModel(host, self.examples, self.originals)
 
+    def copy(self) -> "PartedModel":
+        """An independent copy (its own host and parts), to train without touching this one."""
+        return PartedModel(copy.deepcopy(self.host), self.examples, self.originals)
+
     def rest_state(self) -> dict[str, torch.Tensor]:
         """The host's tensors outside every part (a parted model's; nothing for one traced whole)."""
         if self.whole:

@@ -249,3 +249,17 @@ def test_any_output_and_a_dict_of_losses_train_and_the_tuple_example_is_taken(da
     with pytest.raises(TrainingError, match="loss_fn must return one number"):
         falf_fx.compress(_DictNet(), data[0], loss_fn=lambda out, batch: out["energy"], target_macs=0.5,
                          finetune_epochs=1, progress=False, measure_latency=False)
+
+
+def test_a_diverged_fine_tuning_is_redone_at_half_the_lr_and_never_kept(data, trained):
+    """A fine-tuning at an absurd peak lr ends below where it started: compress redoes it at half the lr, and
+    when that diverges too it keeps the slim model as the cut left it, says so, and counts the epochs spent."""
+    with pytest.warns(UserWarning, match="diverged"):
+        result = falf_fx.compress(_model(trained), data[0], val_loader=data[1], target_macs=0.5, finetune_epochs=1,
+                                  finetune_lr=20, distill=0, progress=False, measure_latency=False)
+    record = result.history[0]
+    assert record["finetune_diverged"] and record["finetune_epochs"] == 2
+    untuned = falf_fx.compress(_model(trained), data[0], val_loader=data[1], target_macs=0.5, finetune_epochs=0,
+                               progress=False, measure_latency=False)
+    assert record["metric"] == untuned.history[0]["metric"]  # the slim model as the cut left it
+    assert result.report["budget"]["finetune_epochs"] == 2
