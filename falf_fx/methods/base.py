@@ -24,8 +24,8 @@ from ..checkpoint import CheckpointStore
 from ..planning import MacsModel, allocate
 from ..training import Forward, LossFn, TrainConfig, all_reduce_mean, inputs_only, total_loss, train
 
-__all__ = ["Phase", "Round", "Proposal", "PruningMethod", "MethodBase", "ScoreMethod", "SplitOutputs", "Trainer", "own_loop",
-           "shared_scores", "weight_members"]
+__all__ = ["Phase", "Round", "Proposal", "PruningMethod", "MethodBase", "ScoreMethod", "SplitOutputs", "Trainer",
+           "own_loop", "shared_scores", "weight_members"]
 
 
 def _no_penalty() -> torch.Tensor:
@@ -137,15 +137,11 @@ class Round:
         goal = self.total_macs - self.macs_to_remove if np.isfinite(self.macs_to_remove) else 0.0
         return allocate(self.analysis, scores, goal, self.macs_model, self.allocation, self.costs, self.min_keep)
 
-    def phase_name(self, name: str) -> str:
-        """A checkpoint phase name unique to this round."""
-        return f"round{self.index}-{name}"
-
     def phase(self, kind: str, model: torch.nn.Module, config: TrainConfig,
               penalty: Callable[[], torch.Tensor] = _no_penalty, loader: Optional[DataLoader] = None) -> Phase:
         """A phase of this round's method training ``model`` (the round's model or part), named uniquely."""
         whole = model if self.embed is None else self.embed(model)
-        return Phase(whole, kind.split("-")[0], self.phase_name(kind), self.index, config, penalty, loader)
+        return Phase(whole, kind.split("-")[0], f"round{self.index}-{kind}", self.index, config, penalty, loader)
 
     def run(self, module: torch.nn.Module, batch: tuple) -> Any:
         """The whole model's outputs on a training batch, ``module`` in the part's place and in its own mode
