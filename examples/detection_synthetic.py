@@ -11,16 +11,14 @@ A seconds-long smoke run: ``--epochs 1 --max-batches 2 --limit 16 --finetune-epo
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torchvision
 from common import example_parser, print_costs
 from torch.utils.data import DataLoader
 
 import falf_fx
-from falf_fx.data_tasks import ShapesDetection, detection_collate
-from falf_fx.metrics import mean_average_precision
+from falf_fx.data_tasks import ShapesDetection, detection_collate, ultralytics_collate
+from falf_fx.metrics import mean_average_precision, ultralytics_postprocess
 from falf_fx.training import TrainConfig, inputs_and_targets, train
 
 SIZE = 64
@@ -41,40 +39,19 @@ def torchvision_detector(arch: str):
     return model, inputs_and_targets, _sum_of_losses, None, detection_collate
 
 
-def _yolo_targets(samples):
-    """A batch in the Ultralytics loss's format: stacked images, normalised centre boxes, classes from 0."""
-    images = torch.stack([image for image, _ in samples])
-    index, classes, boxes = [], [], []
-    for i, (_, target) in enumerate(samples):
-        xyxy = target["boxes"] / SIZE
-        index.append(torch.full((len(xyxy),), float(i)))
-        classes.append(target["labels"].float().unsqueeze(1) - 1)
-        boxes.append(torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1))
-    return images, {"batch_idx": torch.cat(index), "cls": torch.cat(classes), "bboxes": torch.cat(boxes),
-                    "img": images}
-
-
 def yolov8n():
     """YOLOv8n built from its packaged yaml, trained with the Ultralytics loss.  It is traced in training mode
-    (fx keeps one branch of ``if self.training``), so its raw outputs are decoded by a copy of its Detect head
-    and Ultralytics' NMS for the metric."""
+    (fx keeps one branch of ``if self.training``), so the metric decodes its raw outputs
+    (``falf_fx.metrics.ultralytics_postprocess``)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils.loss import v8DetectionLoss
-    from ultralytics.utils.nms import non_max_suppression
 
     model = DetectionModel("yolov8n.yaml", nc=10, verbose=False).train()
     model.args = get_cfg()
     criterion = v8DetectionLoss(model)
-    head = copy.deepcopy(model.model[-1]).eval()
-
-    def decode(outputs):
-        with torch.no_grad():
-            kept = non_max_suppression(head._inference(outputs), conf_thres=0.001)
-        return [{"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long() + 1} for d in kept]
-
-    return model, lambda m, batch: m(batch[0]), lambda out, batch: criterion(out, batch[1])[0].sum(), decode, \
-        _yolo_targets
+    return model, lambda m, batch: m(batch[0]), lambda out, batch: criterion(out, batch[1])[0].sum(), \
+        ultralytics_postprocess(model), ultralytics_collate
 
 
 def main(argv=None):

@@ -297,8 +297,7 @@ class _Run:
         if self.analyses[name].graph_module is not self.model.part(name):  # a kept round, or a resumed run
             self.analyses[name] = analyze_graph(self.model.part(name))
         analysis, (part_macs, per_module) = self.analyses[name], self.per_module[name]
-        scratch = None if self.model.whole else copy.deepcopy(self.model.host)  # where the method's phases train
-        embed = None if scratch is None else (lambda module: self.model.placed(name, module, scratch))
+        embed = None if self.model.whole else _embedder(copy.deepcopy(self.model.host), name)
         return Round(self.model.part(name), analysis, self.loader, self.main_loss, self.classes, index, self.seed,
                      macs_to_remove=part_macs - goal, costs=channel_mac_costs(analysis, per_module),
                      total_macs=part_macs, target_macs=final,
@@ -445,6 +444,15 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
     while not run.done():
         run.run_round()
     return run.result()
+
+
+def _embedder(scratch: nn.Module, name: str) -> Callable[[nn.Module], nn.Module]:
+    """``embed`` of a part's Round: ``scratch`` (a copy of the whole model, where the method's phases train)
+    with the given module in the place of part ``name``."""
+    def embed(module: nn.Module) -> nn.Module:
+        scratch.set_submodule(name, module)
+        return scratch
+    return embed
 
 
 def _one_sample(inputs: Any) -> Any:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import SHAPE_CLASSES, _placed_shapes, _require_positive, _smooth_patterns
 
 __all__ = ["ShapesDetection", "ShapesSegmentation", "detection_collate", "detection_loaders",
-           "segmentation_loaders"]
+           "segmentation_loaders", "ultralytics_collate"]
 
 
 def _scenes(num_images: int, size: int, max_objects: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor],
@@ -93,6 +93,22 @@ class ShapesSegmentation(Dataset):
 def detection_collate(batch: list[tuple[torch.Tensor, Any]]) -> tuple[list[torch.Tensor], list[Any]]:
     """A batch as torchvision's detectors take it: a list of images and a list of target dicts."""
     return [image for image, _ in batch], [target for _, target in batch]
+
+
+def ultralytics_collate(batch: list[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A detection batch in the Ultralytics loss's format: stacked images and ``batch_idx``, ``cls`` (from 0)
+    and ``bboxes`` (normalised centre x, y, width, height), plus ``img``, as ``v8DetectionLoss`` reads them."""
+    images = torch.stack([image for image, _ in batch])
+    height, width = images.shape[-2:]
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    index, classes, boxes = [], [], []
+    for i, (_, target) in enumerate(batch):
+        xyxy = target["boxes"] / scale
+        index.append(torch.full((len(xyxy),), float(i)))
+        classes.append(target["labels"].float().unsqueeze(1) - 1)
+        boxes.append(torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1))
+    return images, {"batch_idx": torch.cat(index), "cls": torch.cat(classes), "bboxes": torch.cat(boxes),
+                    "img": images}
 
 
 def detection_loaders(num_train: int = 256, num_val: int = 64, image_size: int = 64, batch_size: int = 8,

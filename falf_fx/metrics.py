@@ -8,6 +8,7 @@ backend), never a hand-written version: ``pip install falf_fx[metrics]``.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from falf_fx.passes.modes import eval_mode
 from .errors import FalfError, FalfTypeError, FalfValueError
 from .training import evaluate as top1_and_loss
 
-__all__ = ["METRICS", "MetricError", "TaskMetric", "top1", "mean_iou", "mean_average_precision", "resolve_metric"]
+__all__ = ["METRICS", "MetricError", "TaskMetric", "top1", "mean_iou", "mean_average_precision", "resolve_metric",
+           "ultralytics_postprocess"]
 
 
 class MetricError(FalfError):
@@ -132,6 +134,26 @@ def mean_average_precision(loader: DataLoader, key: str = "map",
         return float(metric.compute()[key])
 
     return measure
+
+
+def ultralytics_postprocess(model: nn.Module) -> Callable[[Any], list[dict]]:
+    """Boxes from an Ultralytics detection model's training-mode outputs, for :func:`mean_average_precision`.
+
+    A YOLO traced in training mode keeps the training branch of its forward (fx records one
+    path through ``if self.training``), so its outputs are decoded here by a copy of its
+    Detect head (the decoding has no learned weights and reads no pruned width), then
+    Ultralytics' NMS; classes from 0 become labels from 1, as in torchvision's targets.
+    """
+    from ultralytics.utils.nms import non_max_suppression  # the user's extra, never a dependency
+
+    head = copy.deepcopy(model.model[-1]).eval()
+
+    def decode(outputs: Any) -> list[dict]:
+        with torch.no_grad():
+            kept = non_max_suppression(head._inference(outputs), conf_thres=0.001)
+        return [{"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long() + 1} for d in kept]
+
+    return decode
 
 
 METRICS: dict[str, Callable[[DataLoader], Callable[[nn.Module], float]]] = {

@@ -271,14 +271,6 @@ class PartedModel:
     def part(self, name: str) -> fx.GraphModule:
         return self.host if name == "" else self.host.get_submodule(name)
 
-    def placed(self, name: str, module: nn.Module, host: Optional[nn.Module] = None) -> nn.Module:
-        """``host`` (by default this model's) with ``module`` in the place of part ``name``."""
-        if name == "":
-            return module
-        host = self.host if host is None else host
-        host.set_submodule(name, module)
-        return host
-
     def with_parts(self, slim: dict[str, fx.GraphModule]) -> "PartedModel":
         """A new model: a copy of this one with the given parts replaced (kept with their class's interface)."""
         if self.whole:

@@ -14,7 +14,8 @@ from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from .errors import FalfValueError
 
-__all__ = ["FatuousHead", "AttachFatuousHeads", "default_attachment_point", "remove_fatuous_heads", "HEAD_PREFIX"]
+__all__ = ["FatuousHead", "AttachFatuousHeads", "default_attachment_point", "feature_map", "last_feature_map",
+           "remove_fatuous_heads", "HEAD_PREFIX"]
 
 HEAD_PREFIX = "falf_fatuous_head_"
 _POINTS_KEY = "falf_fx.fatuous_points"
@@ -55,11 +56,19 @@ def feature_map(node: fx.Node) -> Optional[torch.Size]:
     return None
 
 
-def default_attachment_point(gm: fx.GraphModule) -> str:
-    """The last feature map with a spatial extent (the input of the global pooling)."""
+def last_feature_map(gm: fx.GraphModule) -> Optional[fx.Node]:
+    """The last node computing a feature map with a spatial extent (a classifier's pooling input), or None."""
     for node in reversed(list(gm.graph.nodes)):
         if node.op not in ("placeholder", "get_attr", "output") and feature_map(node) is not None:
-            return node.name
+            return node
+    return None
+
+
+def default_attachment_point(gm: fx.GraphModule) -> str:
+    """The last feature map with a spatial extent (the input of the global pooling)."""
+    node = last_feature_map(gm)
+    if node is not None:
+        return node.name
     raise FalfValueError("no feature map (batch, channels, spatial...) in this model to attach a fatuous head to; "
                      "name an attachment point explicitly")
 

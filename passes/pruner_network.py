@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from .errors import FalfValueError
-from .instrument import feature_map
+from .instrument import last_feature_map
 
 __all__ = ["GateHeads", "BuildPrunerNetwork", "gate_features", "HEADS_NAME"]
 
@@ -63,9 +63,9 @@ def gate_features(gm: fx.GraphModule) -> fx.Node:
             return node.args[0]
         inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
         node = inputs[0] if len(inputs) == 1 else None
-    for node in reversed(list(gm.graph.nodes)):
-        if node.op not in ("placeholder", "get_attr", "output") and feature_map(node) is not None:
-            return node
+    node = last_feature_map(gm)
+    if node is not None:
+        return node
     raise FalfValueError("neither a classifier (a Linear feeding the output through single-input ops) nor a "
                          "feature map for the gate heads to read: name the node with features=")
 

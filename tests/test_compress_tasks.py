@@ -3,7 +3,6 @@ mAP, LRASPP with mIoU, YOLOv8n with the Ultralytics loss and mAP after its NMS, 
 detector from a user's loop.  Each keeps the user's class, meets its MACs target and leaves the model untouched."""
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 
@@ -14,9 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import falf_fx
-from falf_fx.data_tasks import ShapesDetection, detection_loaders, segmentation_loaders
+from falf_fx.data_tasks import ShapesDetection, detection_loaders, segmentation_loaders, ultralytics_collate
 from falf_fx.methods import FALF, Correlation, PlayAndPrune, PrunerNetwork, Stability, Taylor
-from falf_fx.metrics import mean_average_precision
+from falf_fx.metrics import mean_average_precision, ultralytics_postprocess
 from falf_fx.training import inputs_and_targets
 from tests.hub_models import ultralytics
 
@@ -25,6 +24,7 @@ FAST = {"magnitude": "magnitude", "taylor": Taylor(batches=2), "falf": FALF(tayl
         "pruner_network": PrunerNetwork(epochs=2, search_trials=2, max_batches=2, gate_batches=2)}
 # Play-and-Prune takes a tolerance, not a MACs target: it is run apart
 PLAY_AND_PRUNE = dict(method=PlayAndPrune(reg_epochs=1, patience=1), tolerance=1.0, rounds=1)
+EVERY_METHOD = [*sorted(FAST), "play_and_prune"]
 LOSS_DICT = lambda outputs, batch: outputs  # noqa: E731 - torchvision's detectors return their losses; summed
 
 
@@ -89,7 +89,7 @@ def _targets(name: str) -> dict:
     return PLAY_AND_PRUNE if name == "play_and_prune" else dict(method=FAST[name], target_macs=0.5)
 
 
-@pytest.mark.parametrize("name", [*sorted(FAST), "play_and_prune"])
+@pytest.mark.parametrize("name", EVERY_METHOD)
 def test_every_method_compresses_ssdlite_with_map(name):
     train, val = detection_loaders(num_train=4, num_val=2, image_size=64, batch_size=2, seed=0)
     torch.manual_seed(0)
@@ -102,7 +102,7 @@ def test_every_method_compresses_ssdlite_with_map(name):
     assert math.isfinite(result.report["after"]["metric"])
 
 
-@pytest.mark.parametrize("name", [*sorted(FAST), "play_and_prune"])
+@pytest.mark.parametrize("name", EVERY_METHOD)
 def test_every_method_compresses_lraspp_with_miou(name):
     train, val = segmentation_loaders(num_train=8, num_val=4, image_size=64, batch_size=4, seed=0)
     torch.manual_seed(0)
@@ -117,45 +117,12 @@ def test_every_method_compresses_lraspp_with_miou(name):
     assert result.model(torch.rand(1, 3, 64, 64))["out"].shape == (1, 11, 64, 64)
 
 
-def _yolo_batches(images: list, targets: list) -> tuple[torch.Tensor, dict]:
-    """torchvision's detection targets in the Ultralytics loss's format (normalised centre boxes)."""
-    size = images[0].shape[-1]
-    index, classes, boxes = [], [], []
-    for i, target in enumerate(targets):
-        xyxy = target["boxes"] / size
-        index.append(torch.full((len(xyxy),), float(i)))
-        classes.append(target["labels"].float().unsqueeze(1) - 1)
-        boxes.append(torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1))
-    images = torch.stack(images)
-    return images, {"batch_idx": torch.cat(index), "cls": torch.cat(classes), "bboxes": torch.cat(boxes),
-                    "img": images}
-
-
-def _yolo_decoder(model: nn.Module):
-    """Boxes from YOLO's training-mode outputs: its Detect head's own decoding, then Ultralytics' NMS.
-
-    A model traced in training mode keeps the training branch of its forward (fx records one path through
-    ``if self.training``), so its outputs are decoded here, with a copy of the original head (its decoding has
-    no learned weights and reads no pruned width)."""
-    from ultralytics.utils.nms import non_max_suppression
-
-    head = copy.deepcopy(model.model[-1]).eval()
-
-    def decode(outputs) -> list[dict]:
-        with torch.no_grad():
-            kept = non_max_suppression(head._inference(outputs), conf_thres=0.001)
-        return [{"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long() + 1} for d in kept]
-
-    return decode
-
-
-@pytest.mark.parametrize("name", [*sorted(FAST), "play_and_prune"])
+@pytest.mark.parametrize("name", EVERY_METHOD)
 def test_every_method_compresses_yolov8n_with_the_ultralytics_loss_and_map(name):
     from ultralytics.cfg import get_cfg
     from ultralytics.utils.loss import v8DetectionLoss
 
-    collate = lambda samples: _yolo_batches(*zip(*samples))  # noqa: E731
-    train = DataLoader(ShapesDetection(8, 64, seed=0), batch_size=4, collate_fn=collate)
+    train = DataLoader(ShapesDetection(8, 64, seed=0), batch_size=4, collate_fn=ultralytics_collate)
     torch.manual_seed(0)
     model = ultralytics("yolov8n.yaml", nc=10).train()
     model.args = get_cfg()  # what the Ultralytics trainer sets before it builds the loss
@@ -163,7 +130,7 @@ def test_every_method_compresses_yolov8n_with_the_ultralytics_loss_and_map(name)
     loss = lambda outputs, batch: criterion(outputs, batch[1])[0].sum()  # noqa: E731
     val = DataLoader(ShapesDetection(4, 64, seed=1), batch_size=4,
                      collate_fn=lambda samples: (torch.stack([x for x, _ in samples]), [t for _, t in samples]))
-    stacked = mean_average_precision(val, "map_50", postprocess=_yolo_decoder(model))
+    stacked = mean_average_precision(val, "map_50", postprocess=ultralytics_postprocess(model))
     before = _snapshot(model)
     result = _compress(model, train, loss_fn=loss, evaluate=stacked, **_targets(name))
     assert _untouched(model, before)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from falf_fx.passes.instrument import AttachFatuousHeads, feature_map
+from falf_fx.passes.instrument import AttachFatuousHeads, last_feature_map
 
 from ..errors import FalfValueError
 from ..training import TrainConfig, epoch_loader, total_loss
@@ -164,9 +164,7 @@ class FALF(ScoreMethod):
         if self.points or round_.embed is None:
             return True
         first = next(n for n in round_.gm.graph.nodes if n.op == "placeholder").meta.get("val")
-        has_map = any(n.op not in ("placeholder", "get_attr", "output") and feature_map(n) is not None
-                      for n in round_.gm.graph.nodes)
-        return isinstance(first, torch.Tensor) and first.dim() == 4 and has_map
+        return isinstance(first, torch.Tensor) and first.dim() == 4 and last_feature_map(round_.gm) is not None
 
     def _saliency(self, round_: Round, trained, instrumented, task) -> tuple[dict, dict]:
         """Per channel, |w * dL/dw| summed over a few batches, for the main and (with heads) the fatuous loss."""
