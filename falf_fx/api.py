@@ -16,7 +16,9 @@ from .capture import LeafSpec
 from .library_models import is_library_model, warn_stale_config
 from .parts import adopt_interface, capture_parts
 from .importance import group_importance
-from .planning import plan_by_ratio
+from .latency import LatencySettings
+from .planning import ALLOCATIONS, plan_by_ratio
+from .targets import prune_to_target
 
 __all__ = ["analyze", "slim", "prune"]
 
@@ -67,10 +69,25 @@ def _check_ignored_modules(model: nn.Module, ignore: Sequence[Union[str, nn.Modu
             raise FalfValueError(f"ignore: module {type(item).__name__} is not part of the model")
 
 
-def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importance: str = "l1", seed: int = 0,
+def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = None,
+          target_macs: Optional[float] = None, target_params: Optional[float] = None,
+          target_latency: Optional[float] = None, latency: LatencySettings = LatencySettings(),
+          allocation: str = "uniform", min_keep: float = 0.05, importance: str = "l1", seed: int = 0,
           ignore: Sequence[Union[str, nn.Module]] = (), round_to: Optional[int] = None,
-          leaf_modules: Sequence[LeafSpec] = (), inplace: bool = False) -> nn.Module:
-    """Remove ``ratio`` of the channels of every prunable group, least important first.
+          leaf_modules: Sequence[LeafSpec] = (), inplace: bool = False, progress: bool = False) -> nn.Module:
+    """Remove the least important channels: ``ratio`` of every prunable group, or down to a target.
+
+    Give at most one of ``ratio`` (default 0.5), ``target_macs``, ``target_params`` or
+    ``target_latency``, each a fraction of the original's.  ``target_latency`` is measured
+    on this machine under ``latency`` (batch size, threads): every prunable layer is
+    timed at a grid of widths (cached on disk), the plan is chosen on those tables,
+    then the slim model is timed and the plan corrected until its measured latency
+    is within 3% of the target (four tries at most; the closest is kept, and a miss is
+    warned).  The slim GraphModule's ``meta["falf_fx_latency"]`` holds the measured
+    latency before and after, the batch size, threads, and the model's prediction error.
+    Targets share the cut between groups by ``allocation`` (``uniform``, ``global``, or
+    ``cost``: scores per MAC, parameter or millisecond saved); ``min_keep`` of every
+    group stays.
 
     Importance is summed over every parameter a group slices (``l1``, ``l2``) or
     drawn at random from ``seed``.  The model's outputs are never pruned, nor are
@@ -84,16 +101,36 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float = 0.5, importan
     replaced by its slim GraphModule under the same name (``falf_fx.parts``).  A
     submodule the trace had to keep as a leaf is pruned inside the same way.
     """
-    if not 0.0 < ratio < 1.0:
-        raise FalfValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
+    targets = {name: value for name, value in (("ratio", ratio), ("target_macs", target_macs),
+                                                ("target_params", target_params),
+                                                ("target_latency", target_latency)) if value is not None}
+    if len(targets) > 1:
+        raise FalfValueError(f"prune takes one of ratio, target_macs, target_params, target_latency; got "
+                             f"{', '.join(targets)}")
+    (kind, value), = targets.items() if targets else (("ratio", 0.5),)
+    if not 0.0 < value < 1.0:
+        raise FalfValueError(f"{kind} must be strictly between 0 and 1, got {value}")
+    if allocation not in ALLOCATIONS:
+        raise FalfValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
     _check_ignored_modules(model, ignore)
     parts = capture_parts(model, example_inputs, leaf_modules=leaf_modules)
+    if kind != "ratio" and parts[0].name:
+        raise FalfValueError(f"{kind} needs a model that traces whole; {type(model).__name__} is captured in parts "
+                             f"({', '.join(p.name for p in parts[:3])}...): pass ratio=, or use "
+                             f"falf_fx.compress(model, loader, target_macs=...), which shares a MACs goal between "
+                             f"the parts")
     slim_parts = []
     for part in parts:
         analysis = analyze_graph(part.graph_module)
         scores = group_importance(analysis, importance, seed)
-        plan = plan_by_ratio(analysis, scores, ratio, round_to, _ignored_groups(analysis, ignore, part.name))
-        slim_parts.append((part.name, slim_graph_module(part.graph_module, plan, inplace=inplace)))
+        skip = _ignored_groups(analysis, ignore, part.name)
+        if kind == "ratio":
+            plan = plan_by_ratio(analysis, scores, value, round_to, skip)
+            slim_parts.append((part.name, slim_graph_module(part.graph_module, plan, inplace=inplace)))
+        else:
+            slim_parts.append((part.name, prune_to_target(
+                analysis, scores, part.example_inputs, kind, value, latency=latency, allocation=allocation,
+                min_keep=min_keep, skip_groups=skip, inplace=inplace, progress=progress)))
     whole = slim_parts[0][0] == ""  # the model traced, maybe with parts inside the leaves it kept
     result = slim_parts[0][1] if whole else model if inplace else copy.deepcopy(model)
     for name, slim in slim_parts[1:] if whole else slim_parts:

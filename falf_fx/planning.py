@@ -13,8 +13,8 @@ from falf_fx.passes.plan import PlanError, PruningPlan
 
 from .errors import FalfValueError
 
-__all__ = ["ALLOCATIONS", "MacsModel", "allocate", "channel_mac_costs", "meet_macs_goal", "plan_by_ratio",
-           "random_plan"]
+__all__ = ["ALLOCATIONS", "MacsModel", "ParamsModel", "allocate", "channel_mac_costs", "channel_param_costs",
+           "meet_macs_goal", "plan_by_ratio", "random_plan", "removal_order"]
 
 ALLOCATIONS = ("uniform", "global", "cost")
 
@@ -134,7 +134,37 @@ class MacsModel:
         return self.total - saved
 
 
-def _removal_order(analysis: Analysis, scores: Mapping[int, np.ndarray], allocation: str,
+class ParamsModel(MacsModel):
+    """The parameters a plan leaves: every parameter tensor shrinks with the kept share of each of its axes."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.analysis = analysis
+        self.layers = []
+        fixed = 0.0
+        for name, tensor in analysis.graph_module.named_parameters():
+            axes = [analysis.param_axes.get(ParamAxis(name, d)) for d in range(tensor.dim())]
+            channels = [analysis.channel_of_atom[a] for a in axes if a is not None and a.size]
+            if channels:
+                self.layers.append((float(tensor.numel()), channels))
+            else:
+                fixed += tensor.numel()
+        self.total = fixed + sum(count for count, _ in self.layers)
+
+
+def channel_param_costs(params: ParamsModel) -> dict[int, np.ndarray]:
+    """Parameters saved by removing each channel of each prunable group (first order, like the MACs)."""
+    analysis = params.analysis
+    costs = {group.id: np.zeros(group.size) for group in analysis.prunable_groups}
+    for count, axes in params.layers:
+        for ids in axes:
+            for channel in ids.tolist():
+                gid = int(analysis.group_of_channel[channel])
+                if gid in costs:
+                    costs[gid][analysis.index_in_group[channel]] += count / ids.size
+    return costs
+
+
+def removal_order(analysis: Analysis, scores: Mapping[int, np.ndarray], allocation: str,
                    costs: Mapping[int, np.ndarray], min_keep: float) -> list[tuple[int, int]]:
     """Every removable (group, index), in the order the allocation removes them.
 
@@ -169,7 +199,7 @@ def allocate(analysis: Analysis, scores: Mapping[int, np.ndarray], goal_macs: fl
     """The smallest removal, in the allocation's order, whose predicted MACs reach ``goal_macs``."""
     if allocation not in ALLOCATIONS:
         raise PlanError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
-    order = _removal_order(analysis, scores, allocation, costs or {}, min_keep)
+    order = removal_order(analysis, scores, allocation, costs or {}, min_keep)
     return meet_macs_goal(analysis, order, goal_macs, macs, scores)
 
 

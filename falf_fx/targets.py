@@ -1,0 +1,115 @@
+"""Prune to a target: a fraction of the original's MACs, parameters or measured latency.
+
+A target is planned on a cost model (``MacsModel``, ``ParamsModel``, ``LatencyModel``)
+and then checked on the slim model itself: fvcore's MACs, the parameter count, or
+its latency timed on this machine.  Where the two disagree the goal is corrected in
+proportion and planned again, so the target is what is measured, not what is
+predicted.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from torch import fx
+
+from falf_fx.passes.analysis import Analysis
+from falf_fx.passes.rewrite import slim_graph_module
+
+from .flops import cost_and_macs_by_module
+from .latency import LatencyModel, LatencySettings, channel_latency_costs, latency_ratio, measure_latency
+from .planning import MacsModel, ParamsModel, channel_mac_costs, channel_param_costs, meet_macs_goal, removal_order
+
+__all__ = ["TARGETS", "prune_to_target"]
+
+TARGETS = ("target_macs", "target_params", "target_latency")
+_TRIES = 4
+_LATENCY_TOLERANCE = 0.03  # relative: measured latency within 3% of the target ends the tries
+
+
+@dataclass
+class _Try:
+    slim: fx.GraphModule
+    goal: float
+    predicted: float
+    measured: float
+
+
+def _next_goal(tries: list[_Try], wanted: float) -> float:
+    """The next planning goal: between the closest tries on either side of ``wanted`` (linear in the measured
+    cost), else the last goal scaled by how far its measurement fell from ``wanted``."""
+    above = [t for t in tries if t.measured > wanted]
+    below = [t for t in tries if t.measured <= wanted]
+    if above and below:
+        high, low = min(above, key=lambda t: t.measured), max(below, key=lambda t: t.measured)
+        share = (wanted - low.measured) / (high.measured - low.measured)
+        return low.goal + share * (high.goal - low.goal)
+    return tries[-1].goal * wanted / tries[-1].measured
+
+
+def prune_to_target(analysis: Analysis, scores: Mapping[int, np.ndarray], example_inputs: Any, kind: str,
+                    target: float, *, latency: LatencySettings, allocation: str, min_keep: float,
+                    skip_groups: frozenset[int] = frozenset(), inplace: bool = False,
+                    progress: bool = False) -> fx.GraphModule:
+    """The slim GraphModule of ``analysis``'s model whose measured ``kind`` is closest to ``target`` of the
+    original's; its ``meta["falf_fx_target"]`` says what was asked, reached and predicted."""
+    gm = analysis.graph_module
+    model, costs, measure = _cost_model(analysis, example_inputs, kind, latency, progress)
+    order = [(g, i) for g, i in removal_order(analysis, scores, allocation, costs, min_keep) if g not in skip_groups]
+    before, goal = model.total, target * model.total
+    tries: list[_Try] = []
+    stuck = False
+    for _ in range(_TRIES):
+        plan = meet_macs_goal(analysis, order, goal, model, scores)
+        predicted = model.predict(plan.removed_channels())
+        stuck = bool(tries) and plan.num_removed == tries[-1].slim.meta["falf_fx_removed"]
+        if stuck:
+            break  # the correction cannot move the plan further (every removable channel gone, or none)
+        slim = slim_graph_module(gm, plan, inplace=inplace and kind != "target_latency" and not tries)
+        slim.meta["falf_fx_removed"] = plan.num_removed
+        tries.append(_Try(slim, goal, predicted, measure(slim)))
+        reached = tries[-1].measured / before
+        if kind == "target_latency" and abs(reached - target) <= _LATENCY_TOLERANCE * target:
+            break
+        if kind != "target_latency" and reached <= target * 1.001:
+            break
+        if inplace and kind != "target_latency":
+            break  # the original was spent by the in-place slim: no second try
+        goal = _next_goal(tries, target * before)
+    best = min(tries, key=lambda t: abs(t.measured / before - target) if kind == "target_latency"
+               else (t.measured / before > target * 1.001, abs(t.measured / before - target)))
+    best.slim.meta.pop("falf_fx_removed")
+    reached = best.measured / before
+    met = (abs(reached - target) <= _LATENCY_TOLERANCE * target if kind == "target_latency"
+           else reached <= target * 1.001)
+    record = {"kind": kind, "target": target, "reached": round(reached, 6), "met": met, "tries": len(tries),
+              "before": before, "after": best.measured,
+              "prediction_error": round(float((tries[0].predicted - tries[0].measured) / tries[0].measured), 6)}
+    if kind == "target_latency":
+        record.update(unit="ms", batch_size=latency.batch_size, threads=latency.thread_count,
+                      processor=latency.machine()["processor"])
+    best.slim.meta["falf_fx_target"] = record
+    if not met:
+        warnings.warn(f"prune missed {kind}={target}: the slim model measures {reached:.4f} of the original "
+                      f"after {len(tries)} tries" + (" (the plan could not move further: min_keep, ignore or frozen "
+                                                     "groups hold the rest)" if stuck else ""), stacklevel=3)
+    return best.slim
+
+
+def _cost_model(analysis: Analysis, example_inputs: Any, kind: str, latency: LatencySettings,
+                progress: bool) -> tuple[Any, dict[int, np.ndarray], Callable[[fx.GraphModule], float]]:
+    """The cost model a target is planned on, its per-channel costs, and how a slim model is measured."""
+    gm = analysis.graph_module
+    if kind == "target_macs":
+        cost, per_module = cost_and_macs_by_module(gm, example_inputs)
+        return (MacsModel(analysis, per_module, cost.macs), channel_mac_costs(analysis, per_module),
+                lambda slim: float(cost_and_macs_by_module(slim, example_inputs)[0].macs))
+    if kind == "target_params":
+        params = ParamsModel(analysis)
+        return params, channel_param_costs(params), lambda slim: float(sum(p.numel() for p in slim.parameters()))
+    model = LatencyModel(analysis, measure_latency(gm, example_inputs, latency), latency, progress)
+    return model, channel_latency_costs(model), \
+        lambda slim: model.total * latency_ratio(slim, gm, example_inputs, latency)  # drift-free: a ratio
