@@ -137,28 +137,61 @@ def _save(gm: fx.GraphModule, path: Path) -> None:
         raise CliError(f"cannot write --out '{path}': {error.strerror or error}") from error
 
 
+def _prune_goal(a: argparse.Namespace) -> dict[str, float]:
+    """The one ratio or target the command line asked for (default: --ratio 0.5)."""
+    goals = {flag: value for flag, value in (("ratio", a.ratio), ("target_macs", a.target_macs),
+                                             ("target_params", a.target_params),
+                                             ("target_latency", a.target_latency)) if value is not None}
+    if len(goals) > 1:
+        raise CliError("give one of --ratio, --target-macs, --target-params, --target-latency; got "
+                       + ", ".join("--" + flag.replace("_", "-") for flag in goals))
+    goals = goals or {"ratio": 0.5}
+    (flag, value), = goals.items()
+    if not 0.0 < value < 1.0:
+        raise CliError(f"--{flag.replace('_', '-')} must be strictly between 0 and 1, got {value}")
+    return goals
+
+
 def _cmd_prune(s: _Session) -> None:
+    from .latency import LatencySettings
+
     a = s.args
-    if not 0.0 < a.ratio < 1.0:
-        raise CliError(f"--ratio must be strictly between 0 and 1, got {a.ratio}")
+    goal = _prune_goal(a)
     if a.round_to is not None and a.round_to < 1:
         raise CliError(f"--round-to must be a positive integer, got {a.round_to}")
+    if a.round_to is not None and "ratio" not in goal:
+        raise CliError("--round-to goes with --ratio; a target plans every channel count itself")
+    if a.batch_size < 1 or (a.threads is not None and a.threads < 1):
+        raise CliError("--batch-size and --threads must be positive integers")
     if a.out is not None and not a.out.parent.is_dir():
         raise CliError(f"--out '{a.out}': directory '{a.out.parent}' does not exist")
     gm = s.traced()
     with s.status("counting MACs before pruning"):
         before = count_cost(gm, s.example)
-    with s.status(f"pruning {a.ratio:.0%} of every prunable group by {a.importance} importance"):
-        slim = prune(gm, s.example, ratio=a.ratio, importance=a.importance, seed=a.seed, round_to=a.round_to)
+    (flag, value), = goal.items()
+    what = (f"{value:.0%} of every prunable group" if flag == "ratio" else
+            f"down to {value:.0%} of the {flag.removeprefix('target_')}")
+    with s.status(f"pruning {what} by {a.importance} importance"):
+        slim = prune(gm, s.example, **goal, importance=a.importance, seed=a.seed, round_to=a.round_to,
+                     allocation=a.allocation, latency=LatencySettings(batch_size=a.batch_size, threads=a.threads),
+                     progress=False)  # the status spinner is the live display here
     with s.status("counting MACs after pruning"):
         report = CostReport(a.model, s.input_shape, before, count_cost(slim, s.example))
+    target = slim.meta.get("falf_fx_target")
     if a.out is not None:
         _save(slim, a.out)
     if a.format == "json":
-        s.emit({**report.to_json(), "settings": {"ratio": a.ratio, "importance": a.importance, "seed": a.seed,
-                                                 "round_to": a.round_to}, "out": str(a.out) if a.out else None})
+        s.emit({**report.to_json(), "settings": {**goal, "importance": a.importance, "seed": a.seed,
+                                                 "round_to": a.round_to, "allocation": a.allocation},
+                "target": target, "out": str(a.out) if a.out else None})
         return
     s.emit(report.table())
+    if target is not None:
+        unit = (f" ({target['before']:.2f} ms -> {target['after']:.2f} ms at batch {target['batch_size']}, "
+                f"{target['threads']} threads; the layer tables predicted {target['prediction_error']:+.1%})"
+                if target["kind"] == "target_latency" else "")
+        s.out.print(f"{flag.replace('_', ' ')} {value}: reached {target['reached']:.3f}"
+                    f"{'' if target['met'] else ' (missed)'}{unit}", soft_wrap=True, markup=False)
     if a.out is not None:
         s.out.print(f"saved the slim model to {a.out} (load it with falf_fx.load(path), "
                     f"or inspect it with falf-fx flops {a.out})", soft_wrap=True, markup=False)
@@ -359,7 +392,17 @@ def _parser() -> argparse.ArgumentParser:
     command("flops", _cmd_flops, "MACs (fvcore), FLOPs (2 x MACs) and parameters", ("text", "json"))
     p = command("prune", _cmd_prune, "remove a ratio of every prunable group's channels and save the "
                 "slim model", ("text", "json"))
-    p.add_argument("--ratio", type=float, default=0.5, help="share of each group's channels to remove (default 0.5)")
+    p.add_argument("--ratio", type=float, default=None, help="share of each group's channels to remove (default 0.5)")
+    p.add_argument("--target-macs", type=float, default=None, metavar="T", help="prune to T of the MACs instead")
+    p.add_argument("--target-params", type=float, default=None, metavar="T",
+                   help="prune to T of the parameters instead")
+    p.add_argument("--target-latency", type=float, default=None, metavar="T",
+                   help="prune to T of the latency measured on this machine (layer tables cached in "
+                        "~/.cache/falf_fx or $FALF_FX_CACHE)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size the latency is measured at (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="threads the latency is measured with (default: torch's)")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
+                   help="how a target is shared between groups (default uniform)")
     p.add_argument("--importance", choices=IMPORTANCE_KINDS, default="l1",
                    help="channel score: weight magnitude (l1, l2) or random (default l1)")
     p.add_argument("--seed", type=int, default=0, help="seed for --importance random (default 0)")

@@ -70,6 +70,13 @@ def test_prune_json_reports_smaller_model(pruned):
     assert data["out"] == str(out) and data["settings"]["importance"] == "l1"
 
 
+def test_prune_to_a_parameter_target_reports_what_it_reached(capsys):
+    data, _ = _run_json(capsys, "prune", *R20, "--target-params", "0.4", "--allocation", "cost")
+    assert data["settings"]["target_params"] == 0.4 and data["settings"]["allocation"] == "cost"
+    assert data["target"]["met"] and data["target"]["kind"] == "target_params"
+    assert data["after"]["params"] / data["before"]["params"] == pytest.approx(data["target"]["reached"], abs=1e-6)
+
+
 def test_prune_out_file_loads_back_and_runs(pruned, capsys):
     data, out = pruned
     slim = falf_fx.load(out)
@@ -136,6 +143,9 @@ def test_auto_leaf_is_reported(capsys):
     (["groups", "tests.test_cli:untraceable", "--input-shape", "1,3,4,4"], "torch.fx cannot trace _DataDependent"),
     (["prune", *R20, "--ratio", "1.5"], "--ratio must be strictly between 0 and 1"),
     (["prune", *R20, "--out", "no/such/dir/slim.pt"], "directory 'no/such/dir' does not exist"),
+    (["prune", *R20, "--ratio", "0.5", "--target-macs", "0.3"], "give one of --ratio, --target-macs"),
+    (["prune", *R20, "--target-latency", "2"], "--target-latency must be strictly between 0 and 1"),
+    (["prune", *R20, "--target-macs", "0.3", "--round-to", "8"], "--round-to goes with --ratio"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2
