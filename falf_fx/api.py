@@ -18,6 +18,7 @@ from .parts import adopt_interface, capture_parts
 from .importance import group_importance
 from .latency import LatencySettings
 from .planning import ALLOCATIONS, plan_by_ratio
+from .snapping import prune_snapped
 from .targets import prune_to_target
 
 __all__ = ["analyze", "slim", "prune"]
@@ -73,7 +74,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = Non
           target_macs: Optional[float] = None, target_params: Optional[float] = None,
           target_latency: Optional[float] = None, latency: LatencySettings = LatencySettings(),
           allocation: str = "uniform", min_keep: float = 0.05, importance: str = "l1", seed: int = 0,
-          ignore: Sequence[Union[str, nn.Module]] = (), round_to: Optional[int] = None,
+          ignore: Sequence[Union[str, nn.Module]] = (), round_to: Union[None, int, str] = None,
           leaf_modules: Sequence[LeafSpec] = (), inplace: bool = False, progress: bool = False) -> nn.Module:
     """Remove the least important channels: ``ratio`` of every prunable group, or down to a target.
 
@@ -85,6 +86,9 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = Non
     is within 3% of the target (four tries at most; the closest is kept, and a miss is
     warned).  The slim GraphModule's ``meta["falf_fx_latency"]`` holds the measured
     latency before and after, the batch size, threads, and the model's prediction error.
+    ``round_to=N`` keeps a multiple of N channels in every group of at least N (up);
+    ``round_to="auto"`` measures which multiple (8, 16, 32, or none) makes the slim
+    model fastest under ``latency`` and keeps that one (``meta["falf_fx_round_to"]``).
     Targets share the cut between groups by ``allocation`` (``uniform``, ``global``, or
     ``cost``: scores per MAC, parameter or millisecond saved); ``min_keep`` of every
     group stays.
@@ -112,6 +116,10 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = Non
         raise FalfValueError(f"{kind} must be strictly between 0 and 1, got {value}")
     if allocation not in ALLOCATIONS:
         raise FalfValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
+    if round_to is not None and round_to != "auto" and not (isinstance(round_to, int) and round_to >= 1):
+        raise FalfValueError(f"round_to is a positive number of channels or 'auto', got {round_to!r}")
+    if round_to is not None and kind != "ratio":
+        raise FalfValueError(f"round_to goes with ratio; {kind} plans every channel count itself")
     _check_ignored_modules(model, ignore)
     parts = capture_parts(model, example_inputs, leaf_modules=leaf_modules)
     if kind != "ratio" and parts[0].name:
@@ -124,7 +132,10 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = Non
         analysis = analyze_graph(part.graph_module)
         scores = group_importance(analysis, importance, seed)
         skip = _ignored_groups(analysis, ignore, part.name)
-        if kind == "ratio":
+        if round_to == "auto":
+            slim_parts.append((part.name, prune_snapped(analysis, scores, value, part.example_inputs, latency,
+                                                        skip)))
+        elif kind == "ratio":
             plan = plan_by_ratio(analysis, scores, value, round_to, skip)
             slim_parts.append((part.name, slim_graph_module(part.graph_module, plan, inplace=inplace)))
         else:

@@ -157,9 +157,10 @@ def _cmd_prune(s: _Session) -> None:
 
     a = s.args
     goal = _prune_goal(a)
-    if a.round_to is not None and a.round_to < 1:
-        raise CliError(f"--round-to must be a positive integer, got {a.round_to}")
-    if a.round_to is not None and "ratio" not in goal:
+    if a.round_to is not None and a.round_to != "auto" and (not a.round_to.isdigit() or int(a.round_to) < 1):
+        raise CliError(f"--round-to must be a positive integer or 'auto', got {a.round_to}")
+    round_to = int(a.round_to) if a.round_to not in (None, "auto") else a.round_to
+    if round_to is not None and "ratio" not in goal:
         raise CliError("--round-to goes with --ratio; a target plans every channel count itself")
     if a.batch_size < 1 or (a.threads is not None and a.threads < 1):
         raise CliError("--batch-size and --threads must be positive integers")
@@ -172,7 +173,7 @@ def _cmd_prune(s: _Session) -> None:
     what = (f"{value:.0%} of every prunable group" if flag == "ratio" else
             f"down to {value:.0%} of the {flag.removeprefix('target_')}")
     with s.status(f"pruning {what} by {a.importance} importance"):
-        slim = prune(gm, s.example, **goal, importance=a.importance, seed=a.seed, round_to=a.round_to,
+        slim = prune(gm, s.example, **goal, importance=a.importance, seed=a.seed, round_to=round_to,
                      allocation=a.allocation, latency=LatencySettings(batch_size=a.batch_size, threads=a.threads),
                      progress=False)  # the status spinner is the live display here
     with s.status("counting MACs after pruning"):
@@ -182,8 +183,8 @@ def _cmd_prune(s: _Session) -> None:
         _save(slim, a.out)
     if a.format == "json":
         s.emit({**report.to_json(), "settings": {**goal, "importance": a.importance, "seed": a.seed,
-                                                 "round_to": a.round_to, "allocation": a.allocation},
-                "target": target, "out": str(a.out) if a.out else None})
+                                                 "round_to": round_to, "allocation": a.allocation},
+                "target": target, "snapping": slim.meta.get("falf_fx_round_to"), "out": str(a.out) if a.out else None})
         return
     s.emit(report.table())
     if target is not None:
@@ -406,8 +407,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", choices=IMPORTANCE_KINDS, default="l1",
                    help="channel score: weight magnitude (l1, l2) or random (default l1)")
     p.add_argument("--seed", type=int, default=0, help="seed for --importance random (default 0)")
-    p.add_argument("--round-to", type=int, default=None, metavar="N",
-                   help="keep a multiple of N channels in groups of at least N (e.g. 8 for GPUs)")
+    p.add_argument("--round-to", default=None, metavar="N",
+                   help="keep a multiple of N channels in groups of at least N (e.g. 8 for GPUs); 'auto': the "
+                        "multiple measured fastest here, at --batch-size and --threads")
     p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to save the slim model (falf_fx.save format)")
     p = command("hetconv", _cmd_hetconv, "replace 3x3 convs by HetConv layers (3x3 kernels on 1/P of each "
                 "filter's inputs, 1x1 on the rest) and print MACs and params per layer", ("text", "json"))

@@ -14,7 +14,7 @@ from falf_fx.passes.plan import PlanError, PruningPlan
 from .errors import FalfValueError
 
 __all__ = ["ALLOCATIONS", "MacsModel", "ParamsModel", "allocate", "channel_mac_costs", "channel_param_costs",
-           "meet_macs_goal", "plan_by_ratio", "random_plan", "removal_order"]
+           "meet_macs_goal", "plan_by_keeps", "plan_by_ratio", "random_plan", "ratio_keeps", "removal_order"]
 
 ALLOCATIONS = ("uniform", "global", "cost")
 
@@ -53,22 +53,32 @@ def _all_axes(analysis: Analysis):
             yield from part.values()
 
 
+def ratio_keeps(analysis: Analysis, ratio: float, round_to: Optional[int] = None,
+                skip_groups: frozenset[int] = frozenset()) -> dict[int, int]:
+    """Channels each prunable group keeps when ``ratio`` of them go (with ``round_to``, a multiple of it, up)."""
+    if not 0.0 < ratio < 1.0:
+        raise FalfValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
+    return {group.id: _rounded_keep(group.size, group.size - int(ratio * group.size), round_to)
+            for group in analysis.prunable_groups if group.id not in skip_groups}
+
+
+def plan_by_keeps(analysis: Analysis, scores: Mapping[int, np.ndarray], keeps: Mapping[int, int]) -> PruningPlan:
+    """Each group in ``keeps`` keeps that many channels, its highest scores (frozen ones always stay)."""
+    removals: dict[int, list[int]] = {}
+    for gid, keep in keeps.items():
+        group = analysis.groups[gid]
+        candidates = [i for i in np.argsort(scores[gid], kind="stable").tolist() if not group.frozen[i]]
+        count = min(group.size - keep, len(candidates))
+        if count > 0:
+            removals[gid] = sorted(candidates[:count])
+    _repair_emptied_axes(analysis, removals, scores)
+    return PruningPlan.build(analysis, removals)
+
+
 def plan_by_ratio(analysis: Analysis, scores: Mapping[int, np.ndarray], ratio: float,
                   round_to: Optional[int] = None, skip_groups: frozenset[int] = frozenset()) -> PruningPlan:
     """Remove ``ratio`` of every prunable group's channels, lowest scores first."""
-    if not 0.0 < ratio < 1.0:
-        raise FalfValueError(f"ratio must be strictly between 0 and 1, got {ratio}")
-    removals: dict[int, list[int]] = {}
-    for group in analysis.prunable_groups:
-        if group.id in skip_groups:
-            continue
-        keep = _rounded_keep(group.size, group.size - int(ratio * group.size), round_to)
-        candidates = [i for i in np.argsort(scores[group.id], kind="stable").tolist() if not group.frozen[i]]
-        count = min(group.size - keep, len(candidates))
-        if count > 0:
-            removals[group.id] = sorted(candidates[:count])
-    _repair_emptied_axes(analysis, removals, scores)
-    return PruningPlan.build(analysis, removals)
+    return plan_by_keeps(analysis, scores, ratio_keeps(analysis, ratio, round_to, skip_groups))
 
 
 def random_plan(analysis: Analysis, seed: int = 0) -> PruningPlan:

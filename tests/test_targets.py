@@ -129,3 +129,42 @@ def test_a_target_on_a_model_captured_in_parts_names_compress():
                                                                           num_classes=3).eval()
     with pytest.raises(FalfValueError, match="captured in parts.*compress"):
         falf_fx.prune(detector, ([torch.rand(3, 96, 96)],), target_macs=0.5)
+
+
+def _widths(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.fixture
+def blocked_clock(monkeypatch):
+    """Kernels blocked over 16 channels: a conv costs its weights with both channel axes padded to 16."""
+    def seconds(stmt, env, settings):
+        model = env.get("model", env.get("layer"))
+        return 1e-9 * sum(-(-m.out_channels // 16) * -(-m.in_channels // 16) * 256 * m.weight[0, 0].numel()
+                          for m in model.modules() if isinstance(m, nn.Conv2d))
+
+    monkeypatch.setattr(latency_module, "_median_seconds", seconds)
+
+
+def test_auto_snapping_keeps_the_multiple_measured_fastest(blocked_clock):
+    slim = falf_fx.prune(torchvision.models.resnet18(num_classes=10).eval(), X, ratio=0.6, round_to="auto")
+    record = slim.meta["falf_fx_round_to"]
+    assert record["chosen"] in (16, 32)  # 8 still pads; 16 and 32 waste nothing on this clock
+    assert all(w % record["chosen"] == 0 for w in _widths(slim) if w >= record["chosen"])
+    assert record["candidates"][8]["latency_vs_unsnapped"] > record["candidates"][16]["latency_vs_unsnapped"]
+    unsnapped = falf_fx.prune(torchvision.models.resnet18(num_classes=10).eval(), X, ratio=0.6)
+    drift = count_cost(slim, X).macs / count_cost(unsnapped, X).macs - 1
+    assert abs(drift) <= 0.03
+
+
+def test_auto_snapping_keeps_unsnapped_widths_when_no_multiple_is_faster(fake_clock):
+    slim = falf_fx.prune(resnet20().eval(), X, ratio=0.45, round_to="auto")
+    assert slim.meta["falf_fx_round_to"]["chosen"] == 1  # weights only: snapping saves under 2%, or nothing
+    assert _widths(slim) == _widths(falf_fx.prune(resnet20().eval(), X, ratio=0.45))
+
+
+def test_round_to_is_checked():
+    with pytest.raises(FalfValueError, match="positive number of channels or 'auto'"):
+        falf_fx.prune(resnet20(), X, round_to="fast")
+    with pytest.raises(FalfValueError, match="round_to goes with ratio"):
+        falf_fx.prune(resnet20(), X, target_macs=0.5, round_to=8)

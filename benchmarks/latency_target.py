@@ -1,0 +1,112 @@
+"""Latency as a target: does prune(target_latency=T) land within 5% of T in measured latency?
+
+For each model (its own child process, random weights, 224 px), batch size and
+target: ``falf_fx.prune(model, x, target_latency=T, latency=LatencySettings(batch, threads))``
+plans on per-layer latency tables timed on this machine and corrects on the
+measured slim model.  The slim model is then timed again, independently, with
+the original alternately (benchmarks/latency.py's protocol), and the MACs are
+counted with fvcore: the record is the measured latency ratio against the
+target, the MACs ratio, the table model's first prediction error and the tries.
+
+    python benchmarks/latency_target.py                              # the issue's full grid
+    python benchmarks/latency_target.py resnet50 --batches 1 --targets 0.5
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+
+from harness import emit, machine, run_child, write_json
+from latency import _latencies
+
+MODELS = ("resnet50", "mobilenet_v2", "vgg16", "densenet121", "efficientnet_b0")
+
+
+def measure(name: str, threads: int, batches: list[int], targets: list[float], cache: str) -> None:
+    import warnings
+    warnings.simplefilter("ignore")
+    import torch
+    import torchvision
+
+    import falf_fx
+    from falf_fx.flops import count_cost
+    from falf_fx.latency import LatencySettings
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(1, 3, 224, 224)
+    before = count_cost(model, x)
+    record = {"model": name, "runs": []}
+    for batch in batches:
+        settings = LatencySettings(batch_size=batch, threads=threads, cache_dir=cache,
+                                   min_run_time=0.05 if batch == 1 else 0.2)
+        for target in targets:
+            start = time.perf_counter()
+            slim = falf_fx.prune(model, x, target_latency=target, latency=settings).eval()
+            seconds = time.perf_counter() - start
+            times = _latencies({"original": model, "slim": slim}, batch, rounds=5 if batch == 1 else 2,
+                               threads=threads, min_run_time=0.5)
+            ratio = times["slim"]["median_s"] / times["original"]["median_s"]
+            macs = count_cost(slim, x).macs / before.macs
+            run = {"batch": batch, "target": target, "prune_seconds": round(seconds, 1),
+                   "planned": slim.meta["falf_fx_target"], "latency_ratio": round(ratio, 4),
+                   "within_5pct": abs(ratio - target) <= 0.05 * target, "macs_ratio": round(macs, 4),
+                   "share_of_mac_limit": round(macs / ratio, 3), "times": times}
+            record["runs"].append(run)
+            emit({**record, "stage": f"b{batch} t{target}"})
+    emit({**record, "ok": True, "stage": "done"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", default=list(MODELS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--targets", default="0.5,0.3")
+    parser.add_argument("--cache", default=None, help="latency table cache (default: a fresh temporary one)")
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--note", help="free text stored with the machine facts")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    targets = [float(t) for t in args.targets.split(",")]
+    if args.child:
+        measure(args.child, args.threads, batches, targets, args.cache)
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    facts = machine(args.threads, args.note)
+    cache = args.cache or tempfile.mkdtemp(prefix="falf-latency-")  # timed afresh: prune's own cost is measured
+    records = []
+    for name in args.models:
+        console.print(f"latency target: {name}", highlight=False)
+        records.append(run_child([__file__, "--child", name, "--threads", str(args.threads), "--batches",
+                                  args.batches, "--targets", args.targets, "--cache", cache],
+                                 stage_timeout=args.timeout, total_timeout=args.timeout, mem_limit_gib=14,
+                                 stage="done"))
+    table = Table("model", "batch", "target", "measured", "within 5%", "MACs ratio", "share of MACs promise",
+                  "first prediction error", "tries", "prune s")
+    for r in records:
+        for run in r.get("runs", []):
+            table.add_row(r["model"], str(run["batch"]), f"{run['target']:.2f}", f"{run['latency_ratio']:.3f}",
+                          "yes" if run["within_5pct"] else "no", f"{run['macs_ratio']:.3f}",
+                          f"{run['share_of_mac_limit']:.2f}", f"{run['planned']['prediction_error']:+.1%}",
+                          str(run["planned"]["tries"]), f"{run['prune_seconds']:.0f}")
+        if not r.get("ok"):
+            table.add_row(r.get("model", "?"), "-", "-", f"FAIL {r.get('error')}")
+    console.print(table)
+    settings = {"importance": "l1", "allocation": "uniform", "input": 224, "threads": args.threads,
+                "batches": batches, "targets": targets,
+                "check": "benchmarks/latency.py's alternating protocol on the returned slim model",
+                "mode": "eval, torch.inference_mode, float32, random weights"}
+    write_json("latency_target.json", {"machine": facts, "settings": settings, "records": records})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
