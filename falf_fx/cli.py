@@ -276,9 +276,14 @@ def _method_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def _check_compress_args(a: argparse.Namespace) -> None:
     """Every value that cannot work is refused before the model is loaded or trained."""
-    if a.target_macs is None and a.tolerance is None:
-        raise CliError("give --target-macs (e.g. 0.25 of the original MACs), --tolerance (e.g. 0.01 = one "
-                       "point of top-1 accuracy), or both")
+    if a.target_macs is None and a.target_latency is None and a.tolerance is None:
+        raise CliError("give --target-macs (e.g. 0.25 of the original MACs) or --target-latency (e.g. 0.5 of the "
+                       "latency measured here), --tolerance (e.g. 0.01 = one point of top-1 accuracy), or both")
+    if a.target_macs is not None and a.target_latency is not None:
+        raise CliError("give --target-macs or --target-latency, not both")
+    if a.target_latency is not None and not 0.0 < a.target_latency < 1.0:
+        raise CliError(f"--target-latency is the fraction of the measured latency to keep, strictly between 0 and 1, "
+                       f"got {a.target_latency}")
     if a.target_macs is not None and not 0.0 < a.target_macs < 1.0:
         raise CliError(f"--target-macs is the fraction of the original MACs to keep, strictly between 0 and 1, "
                        f"got {a.target_macs}")
@@ -323,6 +328,8 @@ def _check_model_runs(model: torch.nn.Module, example: torch.Tensor, a: argparse
 
 
 def _cmd_compress(s: _Session) -> None:
+    from .latency import LatencySettings
+
     a = s.args
     _check_compress_args(a)
     options = _method_options(a.method_option)
@@ -341,12 +348,14 @@ def _cmd_compress(s: _Session) -> None:
     result = compress(model, train_loader, method=method, example_inputs=example,
                       val_loader=val_loader,
                       target_macs=a.target_macs, tolerance=a.tolerance, rounds=a.rounds,
+                      target_latency=a.target_latency, latency=LatencySettings(threads=a.latency_threads),
                       finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
                       allocation=a.allocation, distill=a.distill,
                       checkpoint_dir=a.checkpoint_dir, resume=a.resume, seed=a.seed, progress=s.text)
     _save(result.model, a.out)
     full = {"model": a.model, "data": a.data, "input_shape": list(example.shape),
             "settings": {"method": a.method, "method_options": options, "target_macs": a.target_macs,
+                         "target_latency": a.target_latency, "latency_threads": a.latency_threads,
                          "tolerance": a.tolerance, "rounds": a.rounds, "pretrain_epochs": a.pretrain_epochs,
                          "finetune_epochs": a.finetune_epochs, "finetune_lr": a.finetune_lr,
                          "allocation": a.allocation, "distill": a.distill, "seed": a.seed},
@@ -451,6 +460,10 @@ def _add_compress(sub: Any) -> None:
                         "search_trials, alpha_step, alpha_max; magnitude: importance; taylor: batches")
     p.add_argument("--target-macs", type=float, default=None, metavar="F",
                    help="fraction of the original MACs to keep, e.g. 0.25")
+    p.add_argument("--target-latency", type=float, default=None, metavar="F",
+                   help="fraction of the latency measured on this machine to keep (batch 1), e.g. 0.5")
+    p.add_argument("--latency-threads", type=int, default=None, metavar="N",
+                   help="threads --target-latency is measured with (default: torch's)")
     p.add_argument("--tolerance", type=float, default=None, metavar="F",
                    help="stop before validation accuracy drops by more than F (0.01 = one point)")
     p.add_argument("--rounds", type=int, default=None,

@@ -32,7 +32,9 @@ from .methods import PruningMethod, method_options, resolve_method
 from .methods.base import Phase, Round, own_loop
 from .metrics import resolve_metric
 from .serialize import from_plain, to_plain
+from .latency import LatencyModel, LatencySettings, channel_latency_costs, latency_ratio, measure_latency
 from .planning import ALLOCATIONS, MacsModel, allocate, channel_mac_costs
+from .targets import latency_goal
 from .training import Forward, TrainConfig, inputs_only, is_distributed, steps_per_epoch
 
 __all__ = ["CompressResult", "FineTuneBudget", "compress"]
@@ -144,9 +146,15 @@ def _round_goal(before_macs: float, current: float, index: int, rounds: int, tar
     return before_macs * target_macs ** ((index + 1) / rounds)  # geometric, landing on the target last
 
 
-def _check_options(target_macs, tolerance, val_loader, evaluate, finetune_epochs, allocation, min_keep) -> None:
-    if target_macs is None and tolerance is None:
-        raise FalfValueError("give target_macs (e.g. 0.25 of the original MACs), tolerance (e.g. 0.01), or both")
+def _check_options(target_macs, target_latency, tolerance, val_loader, evaluate, finetune_epochs, allocation,
+                   min_keep) -> None:
+    if target_macs is None and target_latency is None and tolerance is None:
+        raise FalfValueError("give target_macs (e.g. 0.25 of the original MACs) or target_latency (e.g. 0.5 of its "
+                             "measured latency), tolerance (e.g. 0.01), or a target and a tolerance")
+    if target_macs is not None and target_latency is not None:
+        raise FalfValueError("give target_macs or target_latency, not both")
+    if target_latency is not None and not 0.0 < target_latency < 1.0:
+        raise FalfValueError(f"target_latency is a fraction of the measured latency in (0, 1), got {target_latency}")
     if tolerance is not None and val_loader is None and not callable(evaluate):
         raise FalfValueError("tolerance is measured on val_loader: pass val_loader= (or evaluate=callable)")
     if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
@@ -156,6 +164,41 @@ def _check_options(target_macs, tolerance, val_loader, evaluate, finetune_epochs
         raise FalfValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
     if not 0.0 <= min_keep < 1.0:
         raise FalfValueError(f"min_keep is the share of every group that stays, in [0, 1), not {min_keep}")
+
+
+class _LatencyTarget:
+    """compress(target_latency=): each round's goal in measured milliseconds, on a whole model.
+
+    Every measurement is a ratio to a copy of the original, timed back to back
+    (``latency_ratio``), times the original's latency: load on the machine falls on
+    both.  A round's goal is handed to the method in the round's ``LatencyModel``
+    units, calibrated by the goal at which an L1 plan of the same model measures it.
+    """
+
+    def __init__(self, host: nn.Module, example: Any, target: float, settings: LatencySettings) -> None:
+        self.original, self.example, self.target, self.settings = copy.deepcopy(host), example, target, settings
+        self.before = measure_latency(self.original, example, settings)
+        self.current = self.before
+
+    def measure(self, model: nn.Module) -> float:
+        return self.before * latency_ratio(model, self.original, self.example, self.settings)
+
+    def goal(self, index: int, rounds: int) -> float:
+        return self.before * self.target ** ((index + 1) / rounds)  # geometric, landing on the target last
+
+    def reached(self) -> bool:
+        return self.current <= self.target * self.before * 1.05
+
+    def round_model(self, analysis: Analysis, goal_ms: float, allocation: str,
+                    min_keep: float) -> tuple[LatencyModel, dict[int, np.ndarray], float, float]:
+        """The round's latency model, its per-channel costs, and the goal and final goal in its units."""
+        model = LatencyModel(analysis, self.current, self.settings)
+        planned = latency_goal(analysis, model, self.measure, goal_ms, allocation, min_keep)
+        return model, channel_latency_costs(model), planned, planned * self.target * self.before / goal_ms
+
+    def report(self) -> dict[str, Any]:
+        return {"before_ms": self.before, "after_ms": self.current, "batch_size": self.settings.batch_size,
+                "threads": self.settings.thread_count}
 
 
 class _Run:
@@ -175,8 +218,10 @@ class _Run:
                  finetune_lr: float, warmup: float, allocation: str, min_keep: float, distill: Optional[float],
                  distill_temperature: float, checkpoint_dir: Optional[str], resume: bool, seed: int,
                  progress: bool, measure_latency: bool, trainer: Optional[Callable[[Phase], None]],
-                 forward: Forward = inputs_only) -> None:
-        _check_options(target_macs, tolerance, val_loader, evaluate, finetune_epochs, allocation, min_keep)
+                 forward: Forward = inputs_only, target_latency: Optional[float] = None,
+                 latency: LatencySettings = LatencySettings()) -> None:
+        _check_options(target_macs, target_latency, tolerance, val_loader, evaluate, finetune_epochs, allocation,
+                       min_keep)
         self.pruner = copy.deepcopy(resolve_method(method))  # a method object is the caller's: never changed
         self.rounds = rounds or self.pruner.default_rounds
         self.loader, self.target_macs, self.tolerance, self.step, self.seed = loader, target_macs, tolerance, step, seed
@@ -206,6 +251,12 @@ class _Run:
         self.analyses = {name: analyze_graph(self.model.part(name)) for name in self.model.names}
         if target_macs is not None:
             _check_target(self.analyses, self.per_module, self.before.macs, target_macs)
+        self.latency = None
+        if target_latency is not None:
+            if not self.model.whole:
+                raise FalfValueError(f"target_latency needs a model that traces whole; {self.model_type} is captured "
+                                     f"in parts ({', '.join(self.model.names[:3])}...): pass target_macs")
+            self.latency = _LatencyTarget(self.model.host, self.example, target_latency, latency)
         self.base_metric = self._measure(self.model.host, "before pruning")
         self.report_before = {"macs": self.before.macs, "flops": self.before.flops, "params": self.before.params,
                               "metric": self.base_metric, "widths": layer_widths(self.model.host),
@@ -267,6 +318,8 @@ class _Run:
         self.pruner.load_state(json.loads(state["method"]))
         self.stopped = bool(state["stopped"])
         self.current, self.per_module = self._cost(self.model)
+        if self.latency is not None:
+            self.latency.current = self.latency.measure(self.model.host)
 
     # -- the rounds ---------------------------------------------------------------------------------------
 
@@ -278,6 +331,7 @@ class _Run:
 
     def done(self) -> bool:
         reached = self.target_macs is not None and self.current.macs <= self.target_macs * self.before.macs * 1.001
+        reached = reached or (self.latency is not None and self.latency.reached())
         return self.stopped or reached or self.next_round >= self.rounds
 
     def _part_goals(self, goal_macs: float) -> dict[str, float]:
@@ -291,18 +345,29 @@ class _Run:
         share = max(goal_macs - fixed, 0.0) / max(sum(parts[name] for name in cuttable), 1.0)
         return {name: parts[name] * min(share, 1.0) for name in cuttable}
 
-    def _round(self, name: str, index: int, goal: float, final: Optional[float], auxiliary: dict[str, int]) -> Round:
-        """The method's view of part ``name`` this round (for a whole model, of the model): ``goal`` its MACs
-        after this round, ``final`` after the last (None: a tolerance only)."""
+    def _analysis(self, name: str) -> Analysis:
         if self.analyses[name].graph_module is not self.model.part(name):  # a kept round, or a resumed run
             self.analyses[name] = analyze_graph(self.model.part(name))
-        analysis, (part_macs, per_module) = self.analyses[name], self.per_module[name]
+        return self.analyses[name]
+
+    def _round(self, name: str, index: int, goal: float, final: Optional[float], auxiliary: dict[str, int],
+               latency_goal_ms: Optional[float] = None) -> Round:
+        """The method's view of part ``name`` this round (for a whole model, of the model): ``goal`` its MACs
+        after this round, ``final`` after the last (None: a tolerance only).  With a latency target the goals
+        are ``latency_goal_ms`` and the target, in the round's latency model."""
+        analysis, (part_macs, per_module) = self._analysis(name), self.per_module[name]
+        if self.latency is None:
+            cost_model, costs, total = MacsModel(analysis, per_module, part_macs), \
+                channel_mac_costs(analysis, per_module), part_macs
+        else:
+            cost_model, costs, goal, final = self.latency.round_model(analysis, latency_goal_ms, self.allocation,
+                                                                      self.min_keep)
+            total = cost_model.total
         embed = None if self.model.whole else _embedder(copy.deepcopy(self.model.host), name)
         return Round(self.model.part(name), analysis, self.loader, self.main_loss, self.classes, index, self.seed,
-                     macs_to_remove=part_macs - goal, costs=channel_mac_costs(analysis, per_module),
-                     total_macs=part_macs, target_macs=final,
+                     macs_to_remove=total - goal, costs=costs, total_macs=total, target_macs=final,
                      val_loader=self.val_loader, checkpoints=self.store, resume=self.resume, progress=self.progress,
-                     macs_model=MacsModel(analysis, per_module, part_macs), allocation=self.allocation,
+                     macs_model=cost_model, allocation=self.allocation,
                      min_keep=self.min_keep, auxiliary_epochs=auxiliary, trainer=self.trainer,
                      forward=self.forward, embed=embed, part_name=name)
 
@@ -313,8 +378,10 @@ class _Run:
         auxiliary: dict[str, int] = {}
         slim, removed, extra = {}, 0, {}
         finals = None if self.target_macs is None else self._part_goals(self.target_macs * self.before.macs)
+        latency_goal_ms = None if self.latency is None else self.latency.goal(index, self.rounds)
         for name, goal in self._part_goals(goal_macs).items():
-            round_ = self._round(name, index, goal, None if finals is None else finals[name], auxiliary)
+            round_ = self._round(name, index, goal, None if finals is None else finals[name], auxiliary,
+                                 latency_goal_ms)
             proposal = self.pruner.propose(round_)
             slim[name] = slim_graph_module(proposal.model, proposal.plan)
             removed += proposal.plan.num_removed
@@ -326,6 +393,9 @@ class _Run:
         record = {"round": index + 1, "method": self.pruner.name, "channels_removed": removed,
                   "macs": candidate_cost.macs, **finetuning, "auxiliary_epochs": auxiliary, **extra}
         record["macs_ratio"] = record["macs"] / self.before.macs
+        if self.latency is not None:
+            record["latency_ms"] = self.latency.measure(candidate.host)
+            record["latency_ratio"] = record["latency_ms"] / self.latency.before
         if self.metric is not None:
             record["metric"] = metric
         # outside the tolerance: keep the previous round's model
@@ -333,6 +403,8 @@ class _Run:
         self.history.append(record)
         if record["kept"]:
             self.model, self.current, self.per_module = candidate, candidate_cost, candidate_per_module
+            if self.latency is not None:
+                self.latency.current = record["latency_ms"]
         self.stopped = not self.pruner.observe(record)
         self.next_round = index + 1
         if self.store is not None and (not is_distributed() or torch.distributed.get_rank() == 0):
@@ -381,7 +453,7 @@ class _Run:
                             "latency_ms": latency_ms(self.gm, self.example) if self.measure_latency else None},
                   "method": self.pruner.name, "method_options": method_options(self.pruner),
                   "macs_ratio": after.macs / self.before.macs,
-                  "target": _target_report(self.target_macs, after.macs / self.before.macs),
+                  "target": _target_report(self.target_macs, after.macs / self.before.macs, self.latency),
                   "budget": _budget_report(self.budget, self.history, self.distillation, self.allocation,
                                            self.min_keep)}
         if self.model.whole and is_library_model(self.gm):
@@ -399,6 +471,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
              val_loader: Optional[DataLoader] = None, loss_fn: Optional[Callable] = None,
              evaluate: Union[None, str, Callable[[nn.Module], float]] = None,
              target_macs: Optional[float] = None, tolerance: Optional[float] = None, rounds: Optional[int] = None,
+             target_latency: Optional[float] = None, latency: LatencySettings = LatencySettings(),
              step: float = 0.3, finetune_epochs: int = 8, finetune_lr: float = 0.02, warmup: float = 0.05,
              finetune: Optional[Callable[[nn.Module, int, Phase], Any]] = None, forward: Forward = inputs_only,
              allocation: str = "uniform", min_keep: float = 0.05, distill: Optional[float] = None,
@@ -408,7 +481,9 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
 
     ``method`` is a name (``"falf"``, with its defaults) or a method object with its
     options (``falf_fx.methods.FALF(aux_epochs=2)``, or your own ``PruningMethod``).
-    Stops at ``target_macs`` (fraction of the original MACs) or before the metric
+    Stops at ``target_macs`` (fraction of the original MACs), at ``target_latency``
+    (fraction of the original's latency measured on this machine under ``latency``:
+    batch size, threads; within 5%; whole models only), or before the metric
     drops by more than ``tolerance``, in the metric's units (0.01 = one point).  The
     metric is ``evaluate``: ``"top1"`` (the default for class logits), ``"miou"``,
     ``"map"``, ``"map50"`` (torchmetrics, on ``val_loader``) or ``callable(model) -> float``,
@@ -440,7 +515,8 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
                finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, warmup=warmup, allocation=allocation,
                min_keep=min_keep, distill=distill, distill_temperature=distill_temperature,
                checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, progress=progress,
-               measure_latency=measure_latency, trainer=trainer, forward=forward)
+               measure_latency=measure_latency, trainer=trainer, forward=forward, target_latency=target_latency,
+               latency=latency)
     while not run.done():
         run.run_round()
     return run.result()
@@ -500,8 +576,18 @@ def _plain(value: Any) -> Any:
     raise FalfTypeError(f"{type(value).__name__} is not plain data")
 
 
-def _target_report(target_macs: Optional[float], reached: float) -> Optional[dict[str, Any]]:
-    """Whether the MACs target was met (within 1%); a miss is also a warning."""
+def _target_report(target_macs: Optional[float], reached: float,
+                   latency: Optional[_LatencyTarget] = None) -> Optional[dict[str, Any]]:
+    """Whether the MACs target was met (within 1%), or the latency target (within 5%); a miss is also a
+    warning."""
+    if latency is not None:
+        ratio = latency.current / latency.before
+        met = latency.reached()
+        if not met:
+            warnings.warn(f"compress missed target_latency={latency.target}: the slim model measures {ratio:.4f} of "
+                          "the original's latency (a round was rejected by the tolerance, or the method stopped "
+                          "early); see report['history']", stacklevel=3)
+        return {"latency": latency.target, "reached": round(ratio, 6), "met": met, **latency.report()}
     if target_macs is None:
         return None
     met = reached <= target_macs * 1.01

@@ -23,7 +23,7 @@ from .flops import cost_and_macs_by_module
 from .latency import LatencyModel, LatencySettings, channel_latency_costs, latency_ratio, measure_latency
 from .planning import MacsModel, ParamsModel, channel_mac_costs, channel_param_costs, meet_macs_goal, removal_order
 
-__all__ = ["TARGETS", "prune_to_target"]
+__all__ = ["TARGETS", "latency_goal", "prune_to_target"]
 
 TARGETS = ("target_macs", "target_params", "target_latency")
 _TRIES = 4
@@ -50,45 +50,65 @@ def _next_goal(tries: list[_Try], wanted: float) -> float:
     return tries[-1].goal * wanted / tries[-1].measured
 
 
+def _search(analysis: Analysis, scores: Mapping[int, np.ndarray], order: list[tuple[int, int]], model: Any,
+            measure: Callable[[fx.GraphModule], float], wanted: float, latency: bool,
+            inplace: bool = False) -> tuple[list[_Try], bool]:
+    """Plans on ``model`` for goals corrected by measurement until the measured cost meets ``wanted`` (a
+    latency: within 3%; a count: at or below it); the tries, and whether the plan stopped moving."""
+    goal, tries = wanted, []
+    for _ in range(_TRIES):
+        plan = meet_macs_goal(analysis, order, goal, model, scores)
+        if tries and plan.num_removed == tries[-1].slim.meta["falf_fx_removed"]:
+            return tries, True  # the correction cannot move the plan further (every removable channel gone, or none)
+        slim = slim_graph_module(analysis.graph_module, plan, inplace=inplace and not latency and not tries)
+        slim.meta["falf_fx_removed"] = plan.num_removed
+        tries.append(_Try(slim, goal, model.predict(plan.removed_channels()), measure(slim)))
+        if _met(tries[-1].measured, wanted, latency) or (inplace and not latency):
+            break  # met, or the original was spent by the in-place slim: no second try
+        goal = _next_goal(tries, wanted)
+    return tries, False
+
+
+def _met(measured: float, wanted: float, latency: bool) -> bool:
+    return abs(measured - wanted) <= _LATENCY_TOLERANCE * wanted if latency else measured <= wanted * 1.001
+
+
+def _best(tries: list[_Try], wanted: float, latency: bool) -> _Try:
+    """The try closest to ``wanted`` (for a count, preferring those at or below it)."""
+    return min(tries, key=lambda t: (not latency and not _met(t.measured, wanted, False), abs(t.measured - wanted)))
+
+
+def latency_goal(analysis: Analysis, model: LatencyModel, measure: Callable[[fx.GraphModule], float],
+                 wanted_ms: float, allocation: str, min_keep: float) -> float:
+    """The goal, in ``model``'s predicted milliseconds, at which an L1 plan measures ``wanted_ms``: what a
+    method's own plan should aim at for its measured latency to land there (``compress``)."""
+    from .importance import group_importance
+
+    scores = group_importance(analysis, "l1", 0)
+    order = removal_order(analysis, scores, allocation, channel_latency_costs(model), min_keep)
+    tries, _ = _search(analysis, scores, order, model, measure, wanted_ms, latency=True)
+    return _best(tries, wanted_ms, True).goal
+
+
 def prune_to_target(analysis: Analysis, scores: Mapping[int, np.ndarray], example_inputs: Any, kind: str,
                     target: float, *, latency: LatencySettings, allocation: str, min_keep: float,
                     skip_groups: frozenset[int] = frozenset(), inplace: bool = False,
                     progress: bool = False) -> fx.GraphModule:
     """The slim GraphModule of ``analysis``'s model whose measured ``kind`` is closest to ``target`` of the
     original's; its ``meta["falf_fx_target"]`` says what was asked, reached and predicted."""
-    gm = analysis.graph_module
     model, costs, measure = _cost_model(analysis, example_inputs, kind, latency, progress)
     order = [(g, i) for g, i in removal_order(analysis, scores, allocation, costs, min_keep) if g not in skip_groups]
-    before, goal = model.total, target * model.total
-    tries: list[_Try] = []
-    stuck = False
-    for _ in range(_TRIES):
-        plan = meet_macs_goal(analysis, order, goal, model, scores)
-        predicted = model.predict(plan.removed_channels())
-        stuck = bool(tries) and plan.num_removed == tries[-1].slim.meta["falf_fx_removed"]
-        if stuck:
-            break  # the correction cannot move the plan further (every removable channel gone, or none)
-        slim = slim_graph_module(gm, plan, inplace=inplace and kind != "target_latency" and not tries)
-        slim.meta["falf_fx_removed"] = plan.num_removed
-        tries.append(_Try(slim, goal, predicted, measure(slim)))
-        reached = tries[-1].measured / before
-        if kind == "target_latency" and abs(reached - target) <= _LATENCY_TOLERANCE * target:
-            break
-        if kind != "target_latency" and reached <= target * 1.001:
-            break
-        if inplace and kind != "target_latency":
-            break  # the original was spent by the in-place slim: no second try
-        goal = _next_goal(tries, target * before)
-    best = min(tries, key=lambda t: abs(t.measured / before - target) if kind == "target_latency"
-               else (t.measured / before > target * 1.001, abs(t.measured / before - target)))
-    best.slim.meta.pop("falf_fx_removed")
+    before, is_latency = model.total, kind == "target_latency"
+    tries, stuck = _search(analysis, scores, order, model, measure, target * before, is_latency, inplace)
+    best = _best(tries, target * before, is_latency)
+    for done in tries:
+        done.slim.meta.pop("falf_fx_removed")
     reached = best.measured / before
-    met = (abs(reached - target) <= _LATENCY_TOLERANCE * target if kind == "target_latency"
-           else reached <= target * 1.001)
+    met = _met(best.measured, target * before, is_latency)
     record = {"kind": kind, "target": target, "reached": round(reached, 6), "met": met, "tries": len(tries),
               "before": before, "after": best.measured,
               "prediction_error": round(float((tries[0].predicted - tries[0].measured) / tries[0].measured), 6)}
-    if kind == "target_latency":
+    if is_latency:
         record.update(unit="ms", batch_size=latency.batch_size, threads=latency.thread_count,
                       processor=latency.machine()["processor"])
     best.slim.meta["falf_fx_target"] = record

@@ -59,7 +59,9 @@ def test_text_output_is_the_before_after_table(compressed):
 @pytest.mark.parametrize("extra, message", [
     (["--data", "mnist", "--target-macs", "0.5"], "--data must be 'digits', 'synthetic', 'cifar10:PATH'"),
     (["--target-macs", "5"], "--target-macs is the fraction of the original MACs to keep, strictly between 0 and 1"),
-    ([], "give --target-macs (e.g. 0.25 of the original MACs), --tolerance"),
+    ([], "give --target-macs (e.g. 0.25 of the original MACs) or --target-latency"),
+    (["--target-macs", "0.5", "--target-latency", "0.5"], "give --target-macs or --target-latency, not both"),
+    (["--target-latency", "1.2"], "--target-latency is the fraction of the measured latency to keep"),
     (["--tolerance", "0.01", "--resume"], "--resume continues from --checkpoint-dir"),
     (["--target-macs", "0.5", "--input-shape", "1,3,32,32"],
      "does not run on inputs of shape (1, 3, 32, 32) from --data digits"),

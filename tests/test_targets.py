@@ -168,3 +168,44 @@ def test_round_to_is_checked():
         falf_fx.prune(resnet20(), X, round_to="fast")
     with pytest.raises(FalfValueError, match="round_to goes with ratio"):
         falf_fx.prune(resnet20(), X, target_macs=0.5, round_to=8)
+
+
+# -- compress(target_latency=) -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from falf_fx.data import digits_loaders
+    return digits_loaders(image_size=16, batch_size=64, seed=0)
+
+
+def _digit_net() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 48, 3, padding=1), nn.BatchNorm2d(48), nn.ReLU(),
+                         nn.Conv2d(48, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+@pytest.mark.parametrize("method, rounds", [("magnitude", 1), ("falf", 2), ("pruner_network", 1)])
+def test_compress_reaches_a_measured_latency_target(fake_clock, tmp_path, digits, method, rounds):
+    from falf_fx.methods import FALF, PrunerNetwork
+    method = {"falf": FALF(aux_epochs=1, taylor_batches=2),
+              "pruner_network": PrunerNetwork(epochs=2, search_trials=2, max_batches=2, gate_batches=2)}.get(method,
+                                                                                                       method)
+    result = falf_fx.compress(_digit_net(), digits[0], method=method, val_loader=digits[1],
+                              target_latency=0.5, rounds=rounds, finetune_epochs=1, progress=False,
+                              measure_latency=False, latency=LatencySettings(threads=1, cache_dir=str(tmp_path)))
+    target = result.report["target"]
+    assert target["latency"] == 0.5 and target["met"] and target["reached"] <= 0.5 * 1.05
+    assert target["batch_size"] == 1 and target["threads"] == 1
+    last = result.history[-1]
+    assert last["latency_ratio"] == pytest.approx(target["reached"], abs=1e-6)
+    assert abs(last["latency_ratio"] - 0.5) <= 0.05 * 0.5  # lands on it, not far below
+
+
+def test_compress_latency_target_errors():
+    loader = [(torch.randn(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(FalfValueError, match="target_macs or target_latency, not both"):
+        falf_fx.compress(_digit_net(), loader, target_macs=0.5, target_latency=0.5)
+    with pytest.raises(FalfValueError, match="target_latency is a fraction"):
+        falf_fx.compress(_digit_net(), loader, target_latency=2.0)
