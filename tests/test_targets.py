@@ -209,3 +209,20 @@ def test_compress_latency_target_errors():
         falf_fx.compress(_digit_net(), loader, target_macs=0.5, target_latency=0.5)
     with pytest.raises(FalfValueError, match="target_latency is a fraction"):
         falf_fx.compress(_digit_net(), loader, target_latency=2.0)
+
+
+def test_a_session_reaches_a_latency_target_in_the_users_loop(fake_clock, tmp_path, digits):
+    session = falf_fx.PruningSession(_digit_net(), digits[0], method="magnitude", val_loader=digits[1],
+                                     target_latency=0.6, finetune_epochs=1,
+                                     latency=LatencySettings(threads=1, cache_dir=str(tmp_path)))
+    optimiser_steps = 0
+    for phase in session.phases():
+        optimiser = torch.optim.SGD(phase.model.parameters(), lr=0.01)
+        for images, labels in digits[0]:
+            loss = nn.functional.cross_entropy(phase.model(images), labels) + phase.penalty()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            optimiser_steps += 1
+    target = session.result().report["target"]
+    assert optimiser_steps > 0 and target["latency"] == 0.6 and target["met"]
