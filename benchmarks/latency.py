@@ -8,6 +8,7 @@ shared machine hits both alike; each reported time is the median over rounds.
 
     python benchmarks/latency.py                 # all five models
     python benchmarks/latency.py resnet50 --rounds-32 2
+    python benchmarks/latency.py --round-to auto --out latency_snapped.json   # round_to="auto" (measured snapping)
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _latencies(models: dict, batch: int, rounds: int, threads: int, min_run_time
             for key, v in samples.items()}
 
 
-def measure(name: str, threads: int, rounds_1: int, rounds_32: int) -> None:
+def measure(name: str, threads: int, rounds_1: int, rounds_32: int, round_to) -> None:
     import warnings
     warnings.simplefilter("ignore")
     import torch
@@ -60,10 +61,17 @@ def measure(name: str, threads: int, rounds_1: int, rounds_32: int) -> None:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
-    slim = falf_fx.prune(model, x, ratio=0.5).eval()
+    if round_to == "auto":  # snapped to the multiple measured fastest at batch 32, this thread count
+        from falf_fx.latency import LatencySettings
+        slim = falf_fx.prune(model, x, ratio=0.5, round_to="auto",
+                             latency=LatencySettings(batch_size=32, threads=threads, min_run_time=0.2)).eval()
+    else:
+        slim = falf_fx.prune(model, x, ratio=0.5, round_to=round_to).eval()
     before, after = count_cost(model, x), count_cost(slim, x)
     record = {"model": name, "macs_before": before.macs, "macs_after": after.macs,
               "macs_ratio": round(after.macs / before.macs, 4), "params_ratio": round(after.params / before.params, 4)}
+    if "falf_fx_round_to" in slim.meta:
+        record["round_to"] = slim.meta["falf_fx_round_to"]
     emit({**record, "stage": "pruned"})
     pair = {"original": model, "slim": slim}
     for batch, rounds in ((1, rounds_1), (32, rounds_32)):
@@ -84,11 +92,15 @@ def main() -> None:
                              "OpenMP barriers; use the core count on an idle one)")
     parser.add_argument("--rounds-1", type=int, default=5, help="alternating rounds at batch 1 (0.5 s blocks)")
     parser.add_argument("--rounds-32", type=int, default=2, help="alternating rounds at batch 32 (one forward each)")
+    parser.add_argument("--round-to", default=None, help="prune's round_to: a number, or 'auto' (measured at "
+                                                         "batch 32)")
+    parser.add_argument("--out", default="latency.json", help="results file name under results/")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--note", help="free text stored with the machine facts")
     args = parser.parse_args()
     if args.child:
-        measure(args.child, args.threads, args.rounds_1, args.rounds_32)
+        measure(args.child, args.threads, args.rounds_1, args.rounds_32,
+                args.round_to if args.round_to in (None, "auto") else int(args.round_to))
         return
 
     from rich.console import Console
@@ -101,7 +113,8 @@ def main() -> None:
         for name in args.models:
             status.update(f"latency: {name}")
             records.append(run_child([__file__, "--child", name, "--threads", str(args.threads),
-                                      "--rounds-1", str(args.rounds_1), "--rounds-32", str(args.rounds_32)],
+                                      "--rounds-1", str(args.rounds_1), "--rounds-32", str(args.rounds_32),
+                                      *(["--round-to", args.round_to] if args.round_to else [])],
                                      stage_timeout=args.timeout, total_timeout=args.timeout, mem_limit_gib=14,
                                      stage="done"))
             r = records[-1]
@@ -118,12 +131,12 @@ def main() -> None:
                           f"{b32['original']['median_s']:.2f}", f"{b32['slim']['median_s']:.2f}",
                           f"{b32['latency_ratio']:.3f}")
     console.print(table)
-    settings = {"ratio": 0.5, "importance": "l1", "input": 224, "rounds_batch_1": args.rounds_1,
+    settings = {"ratio": 0.5, "round_to": args.round_to, "importance": "l1", "input": 224, "rounds_batch_1": args.rounds_1,
                 "batch_1_block": "torch.utils.benchmark blocked_autorange(min_run_time=0.5), median per round",
                 "rounds_batch_32": args.rounds_32,
                 "batch_32_block": "one timed forward per round (Timer.timeit(1), after its two warm-up runs)",
                 "mode": "eval, torch.inference_mode, float32; slim is the fx GraphModule falf_fx.prune returns"}
-    write_json("latency.json", {"machine": facts, "settings": settings,
+    write_json(args.out, {"machine": facts, "settings": settings,
                                 "records": records})
 
 
