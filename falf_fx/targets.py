@@ -33,6 +33,7 @@ _LATENCY_TOLERANCE = 0.03  # relative: measured latency within 3% of the target 
 @dataclass
 class _Try:
     slim: fx.GraphModule
+    removed: int  # channels the plan removed
     goal: float
     predicted: float
     measured: float
@@ -58,11 +59,10 @@ def _search(analysis: Analysis, scores: Mapping[int, np.ndarray], order: list[tu
     goal, tries = wanted, []
     for _ in range(_TRIES):
         plan = meet_macs_goal(analysis, order, goal, model, scores)
-        if tries and plan.num_removed == tries[-1].slim.meta["falf_fx_removed"]:
+        if tries and plan.num_removed == tries[-1].removed:
             return tries, True  # the correction cannot move the plan further (every removable channel gone, or none)
         slim = slim_graph_module(analysis.graph_module, plan, inplace=inplace and not latency and not tries)
-        slim.meta["falf_fx_removed"] = plan.num_removed
-        tries.append(_Try(slim, goal, model.predict(plan.removed_channels()), measure(slim)))
+        tries.append(_Try(slim, plan.num_removed, goal, model.predict(plan.removed_channels()), measure(slim)))
         if _met(tries[-1].measured, wanted, latency) or (inplace and not latency):
             break  # met, or the original was spent by the in-place slim: no second try
         goal = _next_goal(tries, wanted)
@@ -101,8 +101,6 @@ def prune_to_target(analysis: Analysis, scores: Mapping[int, np.ndarray], exampl
     before, is_latency = model.total, kind == "target_latency"
     tries, stuck = _search(analysis, scores, order, model, measure, target * before, is_latency, inplace)
     best = _best(tries, target * before, is_latency)
-    for done in tries:
-        done.slim.meta.pop("falf_fx_removed")
     reached = best.measured / before
     met = _met(best.measured, target * before, is_latency)
     record = {"kind": kind, "target": target, "reached": round(reached, 6), "met": met, "tries": len(tries),
