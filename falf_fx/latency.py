@@ -205,6 +205,11 @@ def _time_layer(signature: str, kept_in: float, kept_out: float, settings: Laten
         return _median_seconds("layer(x)", {"layer": layer.eval(), "x": x}, settings) * 1e3
 
 
+def _grids(layer: _Layer) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The kept shares a layer is timed at: the grid on each axis that can shrink, full width on the others."""
+    return (GRID if layer.in_ids.size else (1.0,)), (GRID if layer.out_ids.size else (1.0,))
+
+
 class LatencyModel:
     """The latency a plan leaves, predicted from measured per-layer tables (the ``predict`` of ``MacsModel``).
 
@@ -225,11 +230,8 @@ class LatencyModel:
         self.volume = sum(size for size, _ in self.volumes) or 1.0
         self.rest = max(self.total - sum(self.layer_ms(layer, 1.0, 1.0) for layer in self.layers), 0.0)
 
-    def _grids(self, layer: _Layer) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return (GRID if layer.in_ids.size else (1.0,)), (GRID if layer.out_ids.size else (1.0,))
-
     def layer_ms(self, layer: _Layer, kept_in: float, kept_out: float) -> float:
-        grid_in, grid_out = self._grids(layer)
+        grid_in, grid_out = _grids(layer)
         table = np.asarray(self.tables[layer.signature])
         along_out = [np.interp(kept_out, grid_out, row) for row in table]
         return float(np.interp(kept_in, grid_in, along_out))
@@ -258,7 +260,7 @@ def _load_tables(settings: LatencySettings, layers: Sequence[_Layer], progress: 
             cached = {}  # a damaged cache is measured again, never trusted
     wanted: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
     for layer in layers:
-        grids = (GRID if layer.in_ids.size else (1.0,)), (GRID if layer.out_ids.size else (1.0,))
+        grids = _grids(layer)
         key = layer.signature
         entry = cached.get(key)
         if entry is None or [len(entry), len(entry[0])] != [len(grids[0]), len(grids[1])]:
