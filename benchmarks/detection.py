@@ -6,7 +6,7 @@ trained 24 epochs on 512 seeded synthetic shape scenes (``falf_fx.data_tasks.Sha
 weights, each with 4 fine-tuning epochs at lr 0.01, and scored by torchmetrics' mAP@0.5 on 128 held-out scenes.
 Results go to ``results/detection.json``; about 20 minutes a seed on 2 cores.
 
-    python benchmarks/detection.py --seeds 0,1,2
+    python benchmarks/detection.py --seeds 0,1,2 [--resume]
 """
 from __future__ import annotations
 
@@ -61,21 +61,36 @@ def run_seed(seed: int) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0,1,2")
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")  # torchmetrics' notes on detections per image
-    rows = [run_seed(int(seed)) for seed in args.seeds.split(",")]
+def _summary(rows: list[dict]) -> dict:
     summary = {}
     for key in ("unpruned", "magnitude", "falf"):
         values = [row[key] if key == "unpruned" else row[key]["map50"] for row in rows]
         summary[key] = {"mean": statistics.mean(values),
                         "std": statistics.stdev(values) if len(values) > 1 else None}
-    RESULTS.write_text(json.dumps({"protocol": __doc__.split("\n\n")[1], "rows": rows, "summary": summary},
-                                  indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
+    return summary
 
+
+def _write(rows: list[dict]) -> None:
+    RESULTS.write_text(json.dumps({"protocol": __doc__.split("\n\n")[1], "rows": rows, "summary": _summary(rows)},
+                                  indent=1) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds already in results/detection.json and run only the missing ones")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")  # torchmetrics' notes on detections per image
+    rows = json.loads(RESULTS.read_text())["rows"] if args.resume and RESULTS.exists() else []
+    done = {row["seed"] for row in rows}
+    for seed in (int(seed) for seed in args.seeds.split(",")):
+        if seed in done:
+            continue
+        rows.append(run_seed(seed))
+        _write(rows)  # after every seed, so a run cut short keeps what it measured
+        print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps(_summary(rows), indent=1))
 
 if __name__ == "__main__":
     main()
