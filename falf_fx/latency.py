@@ -32,6 +32,7 @@ from .capture import as_input_tuple
 __all__ = ["GRID", "LatencyModel", "LatencySettings", "channel_latency_costs", "latency_ratio", "measure_latency"]
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)  # kept shares of an axis at which each layer is timed
+_MIN_ROUNDS = 5  # back-to-back ratios behind every latency ratio, before its spread may end the timing
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,26 @@ def measure_latency(model: nn.Module, example_inputs: Any, settings: LatencySett
 
 
 def latency_ratio(model: nn.Module, original: nn.Module, example_inputs: Any,
-                  settings: LatencySettings = LatencySettings(), rounds: int = 3) -> float:
-    """``model``'s latency over ``original``'s: the median of ``rounds`` ratios, the two timed back to back,
-    so that load from other work on the machine falls on both alike."""
-    ratios = [measure_latency(model, example_inputs, settings) / measure_latency(original, example_inputs, settings)
-              for _ in range(rounds)]
+                  settings: LatencySettings = LatencySettings(), precision: float = 0.01,
+                  max_rounds: int = 15) -> float:
+    """``model``'s latency over ``original``'s: the median of ratios of the two timed back to back (in turns
+    first), so that load from other work on the machine falls on both alike.  Rounds are added until the
+    median's standard error is within ``precision`` of it: a busy machine is timed longer, not trusted."""
+    ratios: list[float] = []
+    while len(ratios) < max_rounds:
+        pair = (model, original) if len(ratios) % 2 == 0 else (original, model)
+        ms = [measure_latency(m, example_inputs, settings) for m in pair]
+        ratios.append(ms[0] / ms[1] if pair[0] is model else ms[1] / ms[0])
+        if len(ratios) >= _MIN_ROUNDS and _median_error(ratios) <= precision:
+            break
     return float(np.median(ratios))
+
+
+def _median_error(values: Sequence[float]) -> float:
+    """The relative standard error of the median of ``values``, from their interquartile range (so the odd
+    run slowed by other work widens it less than a standard deviation would)."""
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return float(0.93 * (q3 - q1) / np.sqrt(len(values)) / median) if median else 0.0
 
 
 def _batched(x: Any, batch_size: int) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 from torch import fx
@@ -26,7 +26,8 @@ from .planning import MacsModel, ParamsModel, channel_mac_costs, channel_param_c
 __all__ = ["TARGETS", "latency_goal", "prune_to_target"]
 
 TARGETS = ("target_macs", "target_params", "target_latency")
-_TRIES = 4
+_TRIES = 6
+_SAFEGUARD = 0.1  # a goal inside a bracket stays this share of its width off either end
 _LATENCY_TOLERANCE = 0.03  # relative: measured latency within 3% of the target ends the tries
 
 
@@ -39,28 +40,38 @@ class _Try:
     measured: float
 
 
+def _bracket(tries: list[_Try], wanted: float) -> tuple[Optional[_Try], Optional[_Try]]:
+    """The tries nearest ``wanted`` in goal from below (measured at or under it: the goal may rise) and from
+    above (measured over it: the goal must fall); None for a side no try has reached."""
+    under = [t for t in tries if t.measured <= wanted]
+    over = [t for t in tries if t.measured > wanted]
+    return (max(under, key=lambda t: t.goal) if under else None), (min(over, key=lambda t: t.goal) if over else None)
+
+
 def _next_goal(tries: list[_Try], wanted: float) -> float:
-    """The next planning goal: between the closest tries on either side of ``wanted`` (linear in the measured
-    cost), else the last goal scaled by how far its measurement fell from ``wanted``."""
-    above = [t for t in tries if t.measured > wanted]
-    below = [t for t in tries if t.measured <= wanted]
-    if above and below:
-        high, low = min(above, key=lambda t: t.measured), max(below, key=lambda t: t.measured)
-        share = (wanted - low.measured) / (high.measured - low.measured)
-        return low.goal + share * (high.goal - low.goal)
-    return tries[-1].goal * wanted / tries[-1].measured
+    """The next planning goal.  Inside a bracket: linear in the measured cost between its two ends, kept off
+    the ends so that noise cannot stall it (a safeguarded regula falsi); else the last goal scaled by how far
+    its measurement fell from ``wanted``."""
+    low, high = _bracket(tries, wanted)
+    if low is None or high is None:
+        return tries[-1].goal * wanted / tries[-1].measured
+    if low.goal >= high.goal or high.measured <= low.measured:  # noise inverted the bracket: split it
+        return (low.goal + high.goal) / 2
+    share = (wanted - low.measured) / (high.measured - low.measured)
+    return low.goal + min(max(share, _SAFEGUARD), 1.0 - _SAFEGUARD) * (high.goal - low.goal)
 
 
 def _search(analysis: Analysis, scores: Mapping[int, np.ndarray], order: list[tuple[int, int]], model: Any,
             measure: Callable[[fx.GraphModule], float], wanted: float, latency: bool,
             inplace: bool = False) -> tuple[list[_Try], bool]:
     """Plans on ``model`` for goals corrected by measurement until the measured cost meets ``wanted`` (a
-    latency: within 3%; a count: at or below it); the tries, and whether the plan stopped moving."""
+    latency: within 3%; a count: at or below it); the tries, and whether the plan stopped moving with every
+    try on one side of ``wanted`` (nothing more can be removed, or nothing kept)."""
     goal, tries = wanted, []
     for _ in range(_TRIES):
         plan = meet_macs_goal(analysis, order, goal, model, scores)
-        if tries and plan.num_removed == tries[-1].removed:
-            return tries, True  # the correction cannot move the plan further (every removable channel gone, or none)
+        if any(plan.num_removed == t.removed for t in tries):
+            return tries, None in _bracket(tries, wanted)  # a plan already measured: nothing new to learn
         slim = slim_graph_module(analysis.graph_module, plan, inplace=inplace and not latency and not tries)
         tries.append(_Try(slim, plan.num_removed, goal, model.predict(plan.removed_channels()), measure(slim)))
         if _met(tries[-1].measured, wanted, latency) or (inplace and not latency):
@@ -104,6 +115,7 @@ def prune_to_target(analysis: Analysis, scores: Mapping[int, np.ndarray], exampl
     reached = best.measured / before
     met = _met(best.measured, target * before, is_latency)
     record = {"kind": kind, "target": target, "reached": round(reached, 6), "met": met, "tries": len(tries),
+              "measured_tries": [round(t.measured / before, 6) for t in tries],
               "before": before, "after": best.measured,
               "prediction_error": round(float((tries[0].predicted - tries[0].measured) / tries[0].measured), 6)}
     if is_latency:

@@ -79,6 +79,38 @@ def test_latency_target_lands_after_correcting_an_inexact_table(fake_clock, tmp_
     assert record["tries"] > 1
 
 
+def test_a_noisy_clock_is_timed_longer_and_its_spikes_do_not_decide(monkeypatch):
+    """Every third timing is slowed 2x by other work: the ratio stays the quiet one, and takes more rounds."""
+    calls = []
+
+    def seconds(stmt, env, settings):
+        calls.append(1)
+        spike = 2.0 if noisy and len(calls) % 3 == 0 else 1.0
+        return _weights(env["model"]) * 1e-9 * spike
+
+    monkeypatch.setattr(latency_module, "_median_seconds", seconds)
+    slim, original = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 16, 3)
+    quiet_ratio = _weights(slim) / _weights(original)
+    for noisy, rounds in ((False, 5), (True, None)):
+        calls.clear()
+        ratio = latency_module.latency_ratio(slim, original, X, LatencySettings(threads=1))
+        assert ratio == pytest.approx(quiet_ratio, rel=1e-9)
+        assert len(calls) == 2 * rounds if rounds else len(calls) > 2 * 5
+
+
+def test_the_goal_search_bisects_inside_a_bracket_and_survives_an_inverted_one():
+    from falf_fx.targets import _next_goal, _Try
+
+    def tried(goal, measured):
+        return _Try(None, int(goal), goal, goal, measured)
+
+    assert _next_goal([tried(10.0, 8.0)], 5.0) == pytest.approx(6.25)  # one side only: scaled
+    step = _next_goal([tried(10.0, 8.0), tried(4.0, 4.1)], 5.0)
+    assert 4.0 < step < 10.0 and step == pytest.approx(4.0 + 6.0 * 0.9 / 3.9)
+    assert _next_goal([tried(10.0, 8.0), tried(9.9, 4.9)], 5.0) == pytest.approx(9.9 + 0.1 * 0.1)  # off the end
+    assert _next_goal([tried(6.0, 4.0), tried(5.0, 6.0)], 5.0) == pytest.approx(5.5)  # noise inverted it
+
+
 def test_layer_tables_are_cached_per_machine_as_json(fake_clock, tmp_path):
     settings = LatencySettings(batch_size=1, threads=1, cache_dir=str(tmp_path))
     falf_fx.prune(resnet20().eval(), X, target_latency=0.6, latency=settings)
