@@ -27,12 +27,13 @@ from .parts import PartedModel
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint
 from .errors import FalfError, FalfTypeError, FalfValueError
 from .distill import Distillation, DistillationError, distillation_loss
-from .flops import Cost, cost_and_macs_by_module, latency_ms, layer_widths
+from .flops import Cost, cost_and_macs_by_module, layer_widths
 from .methods import PruningMethod, method_options, resolve_method
 from .methods.base import Phase, Round, own_loop
 from .metrics import resolve_metric
 from .serialize import from_plain, to_plain
-from .latency import LatencyModel, LatencySettings, channel_latency_costs, latency_ratio, measure_latency
+from .latency import (LatencyModel, LatencySettings, channel_latency_costs, latency_ratio, measure_latency,
+                      report_latency_ms)
 from .planning import ALLOCATIONS, MacsModel, allocate, channel_mac_costs
 from .targets import latency_goal
 from .training import Forward, TrainConfig, inputs_only, is_distributed, steps_per_epoch
@@ -260,7 +261,7 @@ class _Run:
         self.base_metric = self._measure(self.model.host, "before pruning")
         self.report_before = {"macs": self.before.macs, "flops": self.before.flops, "params": self.before.params,
                               "metric": self.base_metric, "widths": layer_widths(self.model.host),
-                              "latency_ms": latency_ms(self.model.host, self.example) if measure_latency else None}
+                              "latency_ms": report_latency_ms(self.model.host, self.example) if measure_latency else None}
         self.budget = FineTuneBudget(finetune_epochs, self.rounds, finetune_lr, warmup,
                                      steps_per_epoch(loader, TrainConfig()))
         finetune_loss = (distillation_loss(self.model.host, self.main_loss, self.distillation)
@@ -450,7 +451,7 @@ class _Run:
                   "before": self.report_before,
                   "after": {"macs": after.macs, "flops": after.flops, "params": after.params,
                             "metric": self._kept_metric(), "widths": layer_widths(self.gm),
-                            "latency_ms": latency_ms(self.gm, self.example) if self.measure_latency else None},
+                            "latency_ms": report_latency_ms(self.gm, self.example) if self.measure_latency else None},
                   "method": self.pruner.name, "method_options": method_options(self.pruner),
                   "macs_ratio": after.macs / self.before.macs,
                   "target": _target_report(self.target_macs, after.macs / self.before.macs, self.latency),

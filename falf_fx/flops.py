@@ -18,7 +18,7 @@ from falf_fx.passes.modes import attributes_kept, eval_mode
 
 from .capture import as_input_tuple
 
-__all__ = ["Cost", "cost_and_macs_by_module", "count_cost", "latency_ms", "layer_widths", "macs_by_module",
+__all__ = ["Cost", "cost_and_macs_by_module", "count_cost", "layer_widths", "macs_by_module",
            "prunable_macs_share"]
 
 
@@ -76,19 +76,6 @@ def prunable_macs_share(analysis: Analysis, example_inputs: Any) -> float:
             touched.add(member.name.rpartition(".")[0])
     prunable = sum(macs for name, macs in per_module.items() if name in touched)
     return prunable / total if total else 0.0
-
-
-def latency_ms(model: nn.Module, example_inputs: Any) -> float:
-    """Median CPU latency of one forward pass in eval mode, in milliseconds, at torch's thread count.
-
-    torch.utils.benchmark picks the number of runs (at least 0.2 s of them), so
-    one slow first call does not decide it.
-    """
-    from torch.utils import benchmark
-
-    with torch.no_grad(), eval_mode(model), attributes_kept(model):
-        timer = benchmark.Timer(stmt="model(*x)", globals={"model": model, "x": as_input_tuple(example_inputs)})
-        return timer.blocked_autorange(min_run_time=0.2).median * 1e3
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:

@@ -27,7 +27,8 @@ from .api import analyze, prune
 from .capture import as_input_tuple, trace
 from .charts import rounds_chart, widths_chart
 from .compress import CompressResult
-from .flops import count_cost, latency_ms, layer_widths
+from .flops import count_cost, layer_widths
+from .latency import report_latency_ms
 from .errors import FalfTypeError
 from .graph_views import GraphView, render_views
 from .text_report import CONVENTION, GroupsReport, group_colour, metric_label, si
@@ -233,7 +234,7 @@ def _write(path: Path, text: str) -> None:
 def _measured(gm: nn.Module, example: tuple, measure_latency: bool) -> dict[str, Any]:
     cost = count_cost(gm, example)
     return {"macs": cost.macs, "flops": cost.flops, "params": cost.params,
-            "latency_ms": latency_ms(gm, example) if measure_latency else None, "widths": layer_widths(gm)}
+            "latency_ms": report_latency_ms(gm, example) if measure_latency else None, "widths": layer_widths(gm)}
 
 
 def report(model_or_result: Union[nn.Module, CompressResult], example_inputs: Any, path: Union[str, Path], *,

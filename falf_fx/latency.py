@@ -29,7 +29,8 @@ from falf_fx.passes.modes import attributes_kept, eval_mode
 
 from .capture import as_input_tuple
 
-__all__ = ["GRID", "LatencyModel", "LatencySettings", "channel_latency_costs", "latency_ratio", "measure_latency"]
+__all__ = ["GRID", "LatencyModel", "LatencySettings", "channel_latency_costs", "latency_ratio",
+           "measure_latency", "report_latency_ms"]
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)  # kept shares of an axis at which each layer is timed
 _MIN_ROUNDS = 5  # back-to-back ratios behind every latency ratio, before its spread may end the timing
@@ -37,9 +38,10 @@ _MIN_ROUNDS = 5  # back-to-back ratios behind every latency ratio, before its sp
 
 @dataclass(frozen=True)
 class LatencySettings:
-    """Where latency is measured: batch size, threads (None: torch's current count), and the table cache."""
+    """Where latency is measured: batch size (None: the example's own inputs as they are), threads (None:
+    torch's current count), and the table cache."""
 
-    batch_size: int = 1
+    batch_size: Optional[int] = 1
     threads: Optional[int] = None
     cache_dir: Optional[str] = None  # None: $FALF_FX_CACHE, else ~/.cache/falf_fx
     min_run_time: float = 0.05  # seconds of runs behind each timing
@@ -77,10 +79,16 @@ def _median_seconds(stmt: str, env: dict[str, Any], settings: LatencySettings) -
 
 
 def measure_latency(model: nn.Module, example_inputs: Any, settings: LatencySettings = LatencySettings()) -> float:
-    """Median latency of one eval forward in milliseconds, the example's batch repeated to ``batch_size``."""
+    """Median latency of one eval forward in milliseconds, the example's first sample repeated to
+    ``batch_size`` (None: the example as it is)."""
     inputs = tuple(_batched(x, settings.batch_size) for x in as_input_tuple(example_inputs))
     with torch.inference_mode(), eval_mode(model), attributes_kept(model):
         return _median_seconds("model(*x)", {"model": model, "x": inputs}, settings) * 1e3
+
+
+def report_latency_ms(model: nn.Module, example_inputs: Any) -> float:
+    """The latency a report shows: the example's inputs as they are, at torch's thread count, 0.2 s of runs."""
+    return measure_latency(model, example_inputs, LatencySettings(batch_size=None, min_run_time=0.2))
 
 
 def latency_ratio(model: nn.Module, original: nn.Module, example_inputs: Any,
@@ -106,8 +114,8 @@ def _median_error(values: Sequence[float]) -> float:
     return float(0.93 * (q3 - q1) / np.sqrt(len(values)) / median) if median else 0.0
 
 
-def _batched(x: Any, batch_size: int) -> Any:
-    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+def _batched(x: Any, batch_size: Optional[int]) -> Any:
+    if batch_size is None or not isinstance(x, torch.Tensor) or x.dim() == 0:
         return x
     return x[:1].expand(batch_size, *x.shape[1:]).contiguous()
 
@@ -167,7 +175,7 @@ def _activation_volumes(analysis: Analysis) -> list[tuple[float, np.ndarray]]:
     return volumes
 
 
-def _layers(analysis: Analysis, batch_size: int) -> list[_Layer]:
+def _layers(analysis: Analysis, batch_size: Optional[int]) -> list[_Layer]:
     layers = []
     for node, module in _weighted_nodes(analysis.graph_module):
         out_ids, in_ids = _weight_ids(analysis, node.target, 0), _weight_ids(analysis, node.target, 1)
@@ -181,7 +189,7 @@ def _layers(analysis: Analysis, batch_size: int) -> list[_Layer]:
         if not out_ids.size and not in_ids.size:
             continue
         shape = list(node.args[0].meta["val"].shape)
-        shape[0] = batch_size
+        shape[0] = batch_size or shape[0]
         layers.append(_Layer(node.target, _signature(module, shape), depthwise, out_ids, in_ids))
     return layers
 
