@@ -202,15 +202,19 @@ def _cmd_prune(s: _Session) -> None:
 
 def _cmd_hetconv(s: _Session) -> None:
     from .hetconv import cost_table, hetconv, hetconv_layer_costs, output_distance
+    from .latency import LatencySettings
 
     a = s.args
     if a.p < 1:
         raise CliError(f"--p must be a positive integer, got {a.p}")
+    if a.batch_size < 1 or (a.threads is not None and a.threads < 1):
+        raise CliError("--batch-size and --threads must be positive integers")
     if a.out is not None and not a.out.parent.is_dir():
         raise CliError(f"--out '{a.out}': directory '{a.out.parent}' does not exist")
     gm = s.traced()
     with s.status(f"replacing convs by HetConv layers with P={a.p}"):
-        het = hetconv(gm, s.example, p=a.p, select=a.select or None)
+        het = hetconv(gm, s.example, p=a.p, select=a.select or None, form=a.form,
+                      latency=LatencySettings(batch_size=a.batch_size, threads=a.threads))
     with s.status("counting MACs before and after"):
         rows = hetconv_layer_costs(gm, het, s.example)
         report = CostReport(a.model, s.input_shape, count_cost(gm, s.example), count_cost(het, s.example))
@@ -219,10 +223,18 @@ def _cmd_hetconv(s: _Session) -> None:
         _save(het, a.out)
     skipped = het.meta["falf_fx.hetconv"]["skipped"]
     if a.format == "json":
-        s.emit({**report.to_json(), "p": a.p, "layers": [vars(r) for r in rows], "skipped": skipped,
+        s.emit({**report.to_json(), "p": a.p, "forms": het.meta["falf_fx.hetconv"]["forms"],
+                "timings": het.meta["falf_fx.hetconv"].get("timings"), "layers": [vars(r) for r in rows],
+                "skipped": skipped,
                 "output_distance": distance, "out": str(a.out) if a.out else None})
         return
     s.emit(cost_table(rows, f"{a.model}: HetConv P={a.p}, {len(rows)} convs converted"))
+    forms = het.meta["falf_fx.hetconv"]["forms"]
+    if a.form == "auto":
+        counts = {form: sum(f == form for f in forms.values()) for form in sorted(set(forms.values()))}
+        s.out.print("forms measured fastest (batch {}, {} threads): {}".format(
+            a.batch_size, het.meta["falf_fx.hetconv"]["threads"],
+            ", ".join(f"{form} x{count}" for form, count in counts.items())), soft_wrap=True, markup=False)
     s.emit(report.table())
     for name, reason in skipped.items():
         s.out.print(f"kept standard: {name}: {reason}", soft_wrap=True, markup=False)
@@ -426,6 +438,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--select", action="append", default=[], metavar="PATTERN",
                    help="convert the convs whose names match (fnmatch, repeatable; default: every 3x3 conv with "
                         "stride 1 or 2 but the first)")
+    p.add_argument("--form", choices=("blocks", "overlap", "auto"), default="blocks",
+                   help="blocks: every MAC the design needs, no other; overlap: a dense 1x1 part, no channel "
+                        "gather; auto: the faster of the two per layer, timed here (default blocks)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size --form auto times at (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="threads --form auto times with (default torch's)")
     p.add_argument("--out", type=Path, default=None, metavar="PATH", help="where to save the HetConv model (falf_fx.save format)")
     p = command("report", _cmd_report, "one self-contained HTML page: the graph coloured by channel group, "
                 "what is frozen and why, costs and layer widths", ("text", "json"))

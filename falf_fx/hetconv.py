@@ -1,7 +1,7 @@
 """HetConv for users: convert a model's convs, and what the conversion costs and changes.
 
-``falf_fx.hetconv(model, x, p=4)`` traces ``model`` and replaces every 3×3 conv with
-stride 1 or 2 (except the first) by a HetConv layer initialised from its weights
+``falf_fx.hetconv(model, x, p=4, form="blocks")`` traces ``model`` and replaces every 3×3
+conv with stride 1 or 2 (except the first) by a HetConv layer initialised from its weights
 (see :mod:`falf_fx.passes.hetconv`).  The result is an ordinary GraphModule: analyse,
 prune, compress, save it like any other.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from rich.table import Table
@@ -19,17 +19,22 @@ from falf_fx.passes.hetconv import HETCONV_KEY, Selection, hetconv_graph_module
 
 from .capture import LeafSpec, as_input_tuple, trace
 from .flops import macs_by_module
+from .latency import LatencySettings
 
 __all__ = ["LayerCost", "hetconv", "hetconv_layer_costs", "cost_table", "output_distance"]
 
 
-def hetconv(model: nn.Module, example_inputs: Any, *, p: int = 4, select: Selection = None,
-            leaf_modules: Sequence[LeafSpec] = ()) -> fx.GraphModule:
+def hetconv(model: nn.Module, example_inputs: Any, *, p: int = 4, select: Selection = None, form: str = "blocks",
+            latency: Optional[LatencySettings] = None, leaf_modules: Sequence[LeafSpec] = ()) -> fx.GraphModule:
     """Trace ``model`` and replace the selected convs by HetConv layers; ``model`` is untouched.
 
-    ``gm.meta["falf_fx.hetconv"]`` says which convs were converted and why others were not.
+    ``form``: ``"blocks"`` (every multiply-add the design needs and no other), ``"overlap"``
+    (N·M/P more per pixel, no channel gather), or ``"auto"``: both timed per layer on this
+    machine under ``latency`` (batch size, threads) and the faster kept.  All are the same
+    layers exactly.  ``gm.meta["falf_fx.hetconv"]`` says which convs were converted, in
+    which form, and why others were not.
     """
-    return hetconv_graph_module(trace(model, example_inputs, leaf_modules=leaf_modules), p, select)
+    return hetconv_graph_module(trace(model, example_inputs, leaf_modules=leaf_modules), p, select, form, latency)
 
 
 @dataclass(frozen=True)

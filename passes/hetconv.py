@@ -15,7 +15,15 @@ every multiply-add the design needs is spent and no other:
 * ``pointwise``: a 1×1 conv with groups=P over the other P−1 blocks of each group,
   gathered by one ``cat`` of channel slices — ``N·M·(P−1)/P`` MACs per pixel.
 
-The rewrite pass inlines that forward into a GraphModule (slices, cat, two convs,
+That is the ``"blocks"`` form.  The ``"overlap"`` form spends ``N·M/P`` more per pixel
+to gather nothing: the same grouped K×K conv plus one dense 1×1 conv over all M
+inputs.  On a filter's own block the 1×1 weight only adds to the K×K kernel's centre
+tap, so both forms hold exactly the same layers (the overlap starts at zero when
+converted, and training it keeps it a HetConv: no masks).  On CPUs the cat of
+slices and the grouped 1×1 conv often cost more than the extra MACs: ``form="auto"``
+times both at each layer's own input size and keeps the faster.
+
+The rewrite pass inlines the chosen forward into a GraphModule (slices, cat, convs,
 add), so the analysis, slimming, fvcore and ``falf_fx.save`` see only standard ops.
 """
 from __future__ import annotations
@@ -32,9 +40,11 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from .shape_prop import fake_inputs_like, propagate_shapes
 from .errors import FalfValueError
 
-__all__ = ["HetConv2d", "HetConvPass", "Selection", "conversion_blocker", "hetconv_graph_module", "HETCONV_KEY"]
+__all__ = ["FORMS", "HetConv2d", "HetConvPass", "Selection", "conversion_blocker", "hetconv_graph_module",
+           "HETCONV_KEY"]
 
-HETCONV_KEY = "falf_fx.hetconv"  # gm.meta entry: {"p": P, "converted": [names], "skipped": {name: reason}}
+HETCONV_KEY = "falf_fx.hetconv"  # gm.meta entry: {"p", "form", "converted": [names], "forms", "skipped", "timings"}
+FORMS = ("blocks", "overlap")  # the layer's exact forms; "auto" picks one per layer by measured latency
 
 # A selection: None (the default), name patterns (fnmatch), or a callable (name, conv) -> bool.
 Selection = Union[None, str, Sequence[str], Callable[[str, nn.Module], bool]]
@@ -80,13 +90,15 @@ def conversion_blocker(conv: nn.Module, p: int) -> Optional[str]:
 class HetConv2d(nn.Module):
     """K×K kernels on one input block per filter block, 1×1 kernels on the other P−1 blocks.
 
-    Takes Conv2d's arguments plus ``p``; ``padding`` defaults to the kernel's
-    half-width (the centred "same" padding of a 3×3 conv).  ``p=1`` is a plain conv.
+    Takes Conv2d's arguments plus ``p`` and ``form`` (``"blocks"``: a grouped 1×1 conv
+    over the gathered other blocks; ``"overlap"``: a dense 1×1 conv over all inputs);
+    ``padding`` defaults to the kernel's half-width (the centred "same" padding of a
+    3×3 conv).  ``p=1`` is a plain conv.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, p: int = 4, stride=1,
                  padding=None, dilation=1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, form: str = "blocks") -> None:
         super().__init__()
         kernel = _pair(kernel_size)
         if kernel[0] != kernel[1] or kernel[0] % 2 == 0:
@@ -100,13 +112,16 @@ class HetConv2d(nn.Module):
         if min(pointwise_padding) < 0:
             raise FalfValueError(f"padding {padding} is smaller than the kernel's half-width "
                                  f"{_reach(kernel, dilation)}: the centre taps are not input pixels")
-        self.in_channels, self.out_channels, self.p = in_channels, out_channels, p
+        if form not in FORMS:
+            raise FalfValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+        self.in_channels, self.out_channels, self.p, self.form = in_channels, out_channels, p, form
         factory = {"device": device, "dtype": dtype}
         self.spatial = nn.Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, groups=p,
                                  bias=bias, padding_mode=padding_mode, **factory)
+        overlap = form == "overlap"
         self.pointwise = None if p == 1 else nn.Conv2d(
-            in_channels * (p - 1), out_channels, 1, stride, pointwise_padding, groups=p, bias=False,
-            padding_mode=padding_mode, **factory)
+            in_channels if overlap else in_channels * (p - 1), out_channels, 1, stride, pointwise_padding,
+            groups=1 if overlap else p, bias=False, padding_mode=padding_mode, **factory)
 
     @property
     def block(self) -> int:
@@ -132,6 +147,8 @@ class HetConv2d(nn.Module):
         out = self.spatial(x)
         if self.pointwise is None:
             return out
+        if self.form == "overlap":
+            return out + self.pointwise(x)
         others = torch.cat([x[:, start:stop] for start, stop in self.gather_slices()], 1)
         return out + self.pointwise(others)
 
@@ -139,7 +156,8 @@ class HetConv2d(nn.Module):
     def load_dense(self, weight: torch.Tensor) -> None:
         """Keep what this layer keeps of a dense K×K weight ``(N, M, K, K)``.
 
-        Filter block s takes the K×K kernels of input block s and the centre taps of the others.
+        Filter block s takes the K×K kernels of input block s and the centre taps of the others
+        (in the overlap form, the 1×1 weights on its own block are zero).
         """
         n, m, kh, kw = weight.shape
         if (n, m, (kh, kw)) != (self.out_channels, self.in_channels, self.spatial.kernel_size):
@@ -150,19 +168,55 @@ class HetConv2d(nn.Module):
         for s in range(self.p):
             rows = slice(s * filters, (s + 1) * filters)
             self.spatial.weight[rows] = weight[rows, s * b:(s + 1) * b]
-            if self.pointwise is not None:
-                centre = weight[rows, :, kh // 2, kw // 2]
+            if self.pointwise is None:
+                continue
+            centre = weight[rows, :, kh // 2, kw // 2]
+            if self.form == "overlap":
+                self.pointwise.weight[rows, :, 0, 0] = centre
+                self.pointwise.weight[rows, s * b:(s + 1) * b] = 0.0
+            else:
                 self.pointwise.weight[rows, :, 0, 0] = centre[:, self.gathered_channels(s).to(weight.device)]
 
+    @torch.no_grad()
+    def dense_weight(self) -> torch.Tensor:
+        """The dense K×K weight ``(N, M, K, K)`` of the conv this layer equals: zero off its pattern."""
+        kh, kw = self.spatial.kernel_size
+        weight = self.spatial.weight.new_zeros(self.out_channels, self.in_channels, kh, kw)
+        b, filters = self.block, self.out_channels // self.p
+        for s in range(self.p):
+            rows = slice(s * filters, (s + 1) * filters)
+            weight[rows, s * b:(s + 1) * b] = self.spatial.weight[rows]
+            if self.pointwise is None:
+                continue
+            if self.form == "overlap":  # the 1×1 weights on the own block add to the centre taps
+                weight[rows, :, kh // 2, kw // 2] += self.pointwise.weight[rows, :, 0, 0]
+            else:
+                columns = self.gathered_channels(s).to(weight.device)
+                weight[rows, columns, kh // 2, kw // 2] = self.pointwise.weight[rows, :, 0, 0]
+        return weight
+
+    def as_form(self, form: str) -> "HetConv2d":
+        """This layer in another form: the same function (up to float rounding), e.g. trained in one form and
+        run in the one measured faster."""
+        spatial = self.spatial
+        other = HetConv2d(self.in_channels, self.out_channels, spatial.kernel_size, self.p, spatial.stride,
+                          spatial.padding, spatial.dilation, spatial.bias is not None, spatial.padding_mode,
+                          device=spatial.weight.device, dtype=spatial.weight.dtype, form=form)
+        other.load_dense(self.dense_weight())
+        if spatial.bias is not None:
+            with torch.no_grad():
+                other.spatial.bias.copy_(spatial.bias)
+        return other.train(self.training)
+
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, p: int) -> "HetConv2d":
+    def from_conv(cls, conv: nn.Conv2d, p: int, form: str = "blocks") -> "HetConv2d":
         """A HetConv2d initialised from ``conv``: its K×K kernels where kept, their centre taps elsewhere."""
         blocker = conversion_blocker(conv, p)
         if blocker is not None:
             raise FalfValueError(f"cannot convert this conv to HetConv with P={p}: {blocker}")
         het = cls(conv.in_channels, conv.out_channels, conv.kernel_size, p, conv.stride, _padding_of(conv),
                   conv.dilation, conv.bias is not None, conv.padding_mode,
-                  device=conv.weight.device, dtype=conv.weight.dtype)
+                  device=conv.weight.device, dtype=conv.weight.dtype, form=form)
         het.load_dense(conv.weight)
         if conv.bias is not None:
             with torch.no_grad():
@@ -171,7 +225,7 @@ class HetConv2d(nn.Module):
         return het
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, p={self.p}"
+        return f"{self.in_channels}, {self.out_channels}, p={self.p}, form={self.form}"
 
 
 # -- the rewrite pass ----------------------------------------------------------------------
@@ -242,36 +296,61 @@ def _inline(gm: fx.GraphModule, node: fx.Node, name: str, body: fx.Graph) -> Non
     gm.graph.erase_node(node)
 
 
-def hetconv_graph_module(gm: fx.GraphModule, p: int = 4, select: Selection = None) -> fx.GraphModule:
+def _fastest_form(conv: nn.Conv2d, p: int, node: fx.Node, latency) -> tuple[str, dict[str, float]]:
+    """The form of this layer measured fastest at its own input size, and each form's milliseconds."""
+    from falf_fx.latency import measure_latency
+
+    x = torch.randn((node.args[0] if node.args else node.kwargs["input"]).meta["val"].shape)
+    timings = {form: measure_latency(HetConv2d.from_conv(conv, p, form), x, latency) for form in FORMS}
+    return min(timings, key=timings.get), {form: round(ms, 5) for form, ms in timings.items()}
+
+
+def hetconv_graph_module(gm: fx.GraphModule, p: int = 4, select: Selection = None, form: str = "blocks",
+                         latency=None) -> fx.GraphModule:
     """A new GraphModule with the selected convs replaced by HetConv layers (``gm`` is untouched).
 
     ``select``: None takes every 3×3 conv with stride 1 or 2 except the network's first;
     name patterns (``"layer*.conv2"``) or a callable ``(name, conv) -> bool`` pick others.
-    Selected convs that cannot be converted stay standard; ``gm.meta[HETCONV_KEY]`` lists
-    what was converted and what was skipped, with the reason.
+    ``form``: ``"blocks"``, ``"overlap"``, or ``"auto"``: each layer's forms timed under
+    ``latency`` (a ``falf_fx.latency.LatencySettings``; its default when None) and the
+    faster kept.  Selected convs that cannot be converted stay standard;
+    ``gm.meta[HETCONV_KEY]`` lists what was converted in which form, what was skipped
+    and why, and for ``"auto"`` each layer's timings.
     """
     if not isinstance(p, int) or p < 1:
         raise FalfValueError(f"P must be a positive integer, got {p!r}")
+    if form not in FORMS + ("auto",):
+        raise FalfValueError(f"form must be one of {', '.join(FORMS + ('auto',))}, got {form!r}")
     if any("val" not in n.meta for n in gm.graph.nodes if n.op == "placeholder"):
         raise FalfValueError("trace the model with falf_fx.trace(model, example_inputs) before converting it")
+    if form == "auto" and latency is None:
+        from falf_fx.latency import LatencySettings
+        latency = LatencySettings()
     new = copy.deepcopy(gm)
     convs = _called_convs(new)
-    converted, skipped = [], {}
+    converted, forms, skipped, timings = [], {}, {}, {}
     for name, reason in _chosen(convs, select).items():
         reason = reason or conversion_blocker(convs[name], p)
         if reason is not None:
             skipped[name] = reason
             continue
-        het = HetConv2d.from_conv(convs[name], p)
+        calls = [n for n in new.graph.nodes if n.op == "call_module" and n.target == name]
+        chosen = form
+        if form == "auto":
+            chosen, timings[name] = _fastest_form(convs[name], p, calls[0], latency)
+        het = HetConv2d.from_conv(convs[name], p, chosen)
         body = fx.symbolic_trace(het).graph
-        for node in [n for n in new.graph.nodes if n.op == "call_module" and n.target == name]:
+        for node in calls:
             _inline(new, node, name, body)
         _install(new, name, het)
         converted.append(name)
+        forms[name] = chosen
     new.graph.lint()
     new.recompile()
     new.meta.pop("falf_fx.analysis", None)
-    new.meta[HETCONV_KEY] = {"p": p, "converted": converted, "skipped": skipped}
+    new.meta[HETCONV_KEY] = {"p": p, "form": form, "converted": converted, "forms": forms, "skipped": skipped}
+    if form == "auto":
+        new.meta[HETCONV_KEY].update(timings=timings, batch_size=latency.batch_size, threads=latency.thread_count)
     propagate_shapes(new, fake_inputs_like(gm))
     return new
 
@@ -279,9 +358,9 @@ def hetconv_graph_module(gm: fx.GraphModule, p: int = 4, select: Selection = Non
 class HetConvPass(PassBase):
     """torch.fx pass: replace the selected convs by HetConv layers (see :func:`hetconv_graph_module`)."""
 
-    def __init__(self, p: int = 4, select: Selection = None) -> None:
-        self.p, self.select = p, select
+    def __init__(self, p: int = 4, select: Selection = None, form: str = "blocks", latency=None) -> None:
+        self.p, self.select, self.form, self.latency = p, select, form, latency
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        new = hetconv_graph_module(graph_module, self.p, self.select)
+        new = hetconv_graph_module(graph_module, self.p, self.select, self.form, self.latency)
         return PassResult(new, bool(new.meta[HETCONV_KEY]["converted"]))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import falf_fx
@@ -249,3 +249,66 @@ def test_cli_prints_costs_per_layer_and_saves(tmp_path, capsys):
     assert report["after"]["macs"] < report["before"]["macs"] and "conv1" in report["skipped"]
     assert cli_main(args + ["--select", "nope*"]) == 2
     assert "matches no conv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("p,stride,bias", [(2, 1, True), (4, 2, False), (8, 1, True)])
+def test_the_overlap_form_is_the_same_layer_and_converts_back_exactly(p, stride, bias):
+    m, n = 16, 32
+    g = torch.Generator().manual_seed(p + stride)
+    conv = nn.Conv2d(m, n, 3, stride, 1, bias=bias).double()
+    x = torch.randn(2, m, 9, 9, generator=g, dtype=torch.float64)
+    blocks, overlap = HetConv2d.from_conv(conv, p), HetConv2d.from_conv(conv, p, "overlap")
+    torch.testing.assert_close(overlap(x), blocks(x), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # trained in the overlap form: its own-block 1x1 weights are no longer zero
+        for param in overlap.parameters():
+            param.copy_(torch.randn(param.shape, generator=g, dtype=torch.float64))
+    back = overlap.as_form("blocks")
+    torch.testing.assert_close(back(x), overlap(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(back.as_form("overlap")(x), overlap(x), rtol=1e-12, atol=1e-12)
+    dense = F.conv2d(x, overlap.dense_weight(), overlap.spatial.bias, stride, 1)
+    torch.testing.assert_close(dense, overlap(x), rtol=1e-12, atol=1e-12)
+
+
+def test_the_overlap_form_spends_n_m_over_p_more_and_gathers_nothing():
+    m, n, side, p = 16, 32, 6, 4
+    x, hw = torch.randn(1, m, side, side), side * side
+    assert count_cost(HetConv2d(m, n, 3, p, bias=False, form="overlap"), x).macs == \
+        n * (m // p) * 9 * hw + n * m * hw
+    graph = fx.symbolic_trace(HetConv2d(m, n, 3, p, form="overlap")).graph
+    assert not [node for node in graph.nodes if node.target is torch.cat]
+    with pytest.raises(falf_fx.errors.FalfValueError, match="form must be one of blocks, overlap"):
+        HetConv2d(m, n, 3, p, form="fused")
+
+
+def test_auto_form_keeps_the_form_measured_faster_per_layer(monkeypatch):
+    import falf_fx.latency as latency_module
+
+    def seconds(stmt, env, settings):  # a gather costs as much as 12,000 MACs: overlap wins where it adds fewer
+        layer = env["model"]
+        return (count_cost(layer, env["x"]).macs + (0 if layer.form == "overlap" else 12_000)) * 1e-9
+
+    monkeypatch.setattr(latency_module, "_median_seconds", seconds)
+    x = torch.randn(1, 3, 16, 16)
+    model = small_resnet()
+    het = falf_fx.hetconv(model, x, p=4, form="auto")
+    meta = het.meta[HETCONV_KEY]
+    assert set(meta["forms"]) == set(meta["converted"]) == set(meta["timings"])
+    for name, form in meta["forms"].items():
+        assert form == min(meta["timings"][name], key=meta["timings"][name].get)
+    assert {name for name, form in meta["forms"].items() if form == "overlap"} == {"layer2.0.conv1", "layer3.0.conv1"}
+    blocks = falf_fx.hetconv(model, x, p=4)
+    torch.testing.assert_close(het(x), blocks(x), rtol=1e-5, atol=1e-5)
+    check_equivalence(het, x, seed=0)
+    slim = falf_fx.prune(het, x, ratio=0.5)
+    assert slim(x).shape == (1, 5)
+
+
+def test_cli_converts_in_the_form_asked(capsys):
+    args = ["hetconv", "falf_fx.models:resnet_cifar(depth=8)", "--input-shape", "1,3,16,16", "--format", "json"]
+    assert cli_main(args + ["--form", "overlap"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["forms"].values()) == {"overlap"} and report["timings"] is None
+    first = report["layers"][0]
+    assert first["macs_after"] * 36 == first["macs_before"] * 13  # (9/P + 1) / 9 of the dense conv at P=4
+    assert cli_main(args + ["--form", "auto", "--threads", "0"]) == 2
+    assert "--batch-size and --threads must be positive" in capsys.readouterr().err
