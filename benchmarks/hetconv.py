@@ -5,7 +5,8 @@ Three parts, each merged into benchmarks/results/hetconv.json:
 * ``macs``: fvcore MACs and parameters of VGG-16 (CIFAR, 32 px) and ResNet-50 (224 px),
   original and HetConv P=4 / P=8, against the paper's counts.
 * ``latency``: batch-1 forward latency, 1 thread, torch.utils.benchmark, original and
-  HetConv measured alternately round after round (load from other work hits all alike;
+  HetConv (P=4 and 8 in the blocks form, P=4 in the overlap form and in ``form="auto"``)
+  measured alternately round after round (load from other work hits all alike;
   medians over rounds); and one 3×3 layer of each net taken apart (dense conv, HetConv,
   its grouped K×K conv, channel gather, grouped 1×1 conv, and the masked dense-1×1 form
   that spends M·N instead of M·N·(1 − 1/P) on the 1×1 part but gathers nothing).
@@ -45,11 +46,19 @@ def _models(name: str):
     return torchvision.models.resnet50(weights=None).eval(), torch.randn(1, 3, 224, 224)
 
 
-def _variants(name: str) -> tuple[dict, torch.Tensor]:
+def _variants(name: str, forms: bool = False) -> tuple[dict, torch.Tensor]:
+    """The original and HetConv P=4 / P=8 (blocks form); with ``forms``, also P=4 in the overlap form and in
+    the form timed faster per layer here (batch 1, one thread)."""
     import falf_fx
+    from falf_fx.latency import LatencySettings
     model, x = _models(name)
     gm = falf_fx.trace(model, x)
-    return {"original": gm, "p4": falf_fx.hetconv(gm, x, p=4), "p8": falf_fx.hetconv(gm, x, p=8)}, x
+    variants = {"original": gm, "p4": falf_fx.hetconv(gm, x, p=4), "p8": falf_fx.hetconv(gm, x, p=8)}
+    if forms:
+        variants["p4 overlap"] = falf_fx.hetconv(gm, x, p=4, form="overlap")
+        variants["p4 auto"] = falf_fx.hetconv(gm, x, p=4, form="auto",
+                                              latency=LatencySettings(threads=1, min_run_time=0.2))
+    return variants, x
 
 
 def part_macs() -> dict:
@@ -126,8 +135,9 @@ def part_latency(rounds: int, min_run_time: float) -> dict:
     from falf_fx.flops import count_cost
     out = {}
     for name in ("vgg16_cifar", "resnet50"):
-        variants, x = _variants(name)
+        variants, x = _variants(name, forms=True)
         macs = {k: count_cost(gm, x).macs for k, gm in variants.items()}
+        auto_forms = variants["p4 auto"].meta["falf_fx.hetconv"]["forms"]
         rows = {}
         for backend, enabled in (("default", True), ("mkldnn off", False)):
             with torch.backends.mkldnn.flags(enabled=enabled):
@@ -146,6 +156,7 @@ def part_latency(rounds: int, min_run_time: float) -> dict:
             layer[f"p{p}"] = {k: {"us": round(v * 1e6, 1), "macs": work[k],
                                   "gmacs_per_s": round(work[k] / v / 1e9, 2)} for k, v in parts.items()}
         out[name] = {"batch": 1, "whole_model": rows,
+                     "auto_forms": {f: sum(v == f for v in auto_forms.values()) for f in set(auto_forms.values())},
                      "one_layer": {"shape": {"in": m, "out": n, "side": side, "stride": stride}, "ops": layer}}
         print(name, json.dumps(out[name]), flush=True)
     return out
