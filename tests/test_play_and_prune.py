@@ -11,6 +11,7 @@ from falf_fx.methods import PlayAndPrune
 from falf_fx.data import digits_loaders
 from falf_fx.methods import make_method
 from falf_fx.methods.play_and_prune import Setting, next_setting
+from falf_fx.models import resnet_cifar
 from falf_fx.passes.analysis import analyze_graph
 from falf_fx.passes.fold_constants import fold_constants, measure_inputs, removed_inputs
 from falf_fx.passes.plan import PruningPlan
@@ -159,7 +160,7 @@ def _model(state) -> nn.Sequential:
 
 
 def test_play_and_prune_cuts_macs_inside_the_tolerance(data, trained):
-    result = falf_fx.compress(_model(trained), data[2], method=PlayAndPrune(threshold=1.0, lam=1.0),
+    result = falf_fx.compress(_model(trained), data[2], method=PlayAndPrune(threshold=0.5, lam=1.0),
                               val_loader=data[1], tolerance=0.03, rounds=2, progress=False)
     base = result.report["before"]["metric"]
     assert result.report["macs_ratio"] < 1.0
@@ -171,7 +172,7 @@ def test_play_and_prune_cuts_macs_inside_the_tolerance(data, trained):
 
 
 def test_play_and_prune_stops_at_a_macs_target(data, trained):
-    result = falf_fx.compress(_model(trained), data[2], method=PlayAndPrune(threshold=1.0, lam=1.0),
+    result = falf_fx.compress(_model(trained), data[2], method=PlayAndPrune(threshold=0.5, lam=1.0),
                               val_loader=data[1], target_macs=0.9, rounds=3, progress=False)
     last = result.history[-1]
     assert len(result.history) == 2 and last["kept"]  # round two reached the target: no third round
@@ -180,7 +181,7 @@ def test_play_and_prune_stops_at_a_macs_target(data, trained):
 
 
 def test_a_killed_play_and_prune_resumes_to_the_same_result(data, trained, tmp_path):
-    options = dict(method=PlayAndPrune(threshold=1.0, lam=1.0), val_loader=data[1], tolerance=0.03, rounds=2, seed=1,
+    options = dict(method=PlayAndPrune(threshold=0.5, lam=1.0), val_loader=data[1], tolerance=0.03, rounds=2, seed=1,
                    finetune_epochs=2, progress=False)
     uninterrupted = falf_fx.compress(_model(trained), data[2], **options)
 
@@ -203,3 +204,17 @@ def test_a_killed_play_and_prune_resumes_to_the_same_result(data, trained, tmp_p
     assert len(resumed.history) == 2 and resumed.history[1]["lam"] > resumed.history[0]["lam"]  # state restored
     for a, b in zip(resumed.model.state_dict().values(), uninterrupted.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_residual_network_with_even_filter_norms_is_offered_its_share_of_candidates(data):
+    """Behind BatchNorm the filters of a ResNet sit near their group's mean norm: W_t as a share of the filters
+    still offers that share (a fraction of the mean offered none, then half of them at once)."""
+    model = resnet_cifar(8, num_classes=10, in_channels=1).eval()
+    analysis = falf_fx.analyze(falf_fx.trace(model, torch.randn(1, 1, 8, 8)))
+    prunable = sum(int((~g.frozen).sum()) for g in analysis.prunable_groups if g.param_members)
+    result = falf_fx.compress(model, data[0], method=PlayAndPrune(threshold=0.2, lam=3.0, patience=1),
+                              val_loader=data[1], tolerance=1.0, rounds=1, finetune_epochs=1, progress=False,
+                              measure_latency=False)
+    first = result.history[0]
+    assert abs(first["candidates"] - 0.2 * prunable) <= 0.05 * prunable
+    assert first["kept"] and first["channels_removed"] == first["candidates"] and result.report["macs_ratio"] < 0.8

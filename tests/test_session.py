@@ -26,7 +26,7 @@ FAST = {
     "falf": FALF(aux_epochs=1, taylor_batches=2),
     "stability": Stability(aux_epochs=1, taylor_batches=2),
     "correlation": Correlation(raise_epochs=1),
-    "play_and_prune": PlayAndPrune(threshold=1.0, reg_epochs=1, patience=1),
+    "play_and_prune": PlayAndPrune(threshold=0.5, reg_epochs=1, patience=1),
     "pruner_network": PrunerNetwork(epochs=2, search_trials=2, max_batches=4, gate_batches=2),
 }
 
@@ -124,7 +124,7 @@ _SCRIPT = textwrap.dedent("""
     from falf_fx.data import digits_loaders
     from falf_fx.methods import PlayAndPrune
     train, val = digits_loaders(image_size=8, batch_size=64, seed=0)[:2]
-    session = falf_fx.PruningSession(_model(torch.load({weights!r})), train, method=PlayAndPrune(threshold=1.0),
+    session = falf_fx.PruningSession(_model(torch.load({weights!r})), train, method=PlayAndPrune(threshold=0.5),
                                      val_loader=val, tolerance=0.3, rounds=3, finetune_epochs=3)
     kill, state = sys.argv[1] == "kill", {state!r}
     if sys.argv[1] == "resume":

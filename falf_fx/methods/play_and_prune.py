@@ -9,9 +9,14 @@ raises W_t and lam_t while the rounds stay inside the tolerance and backs off
 when one does not.  The paper's text was not available: the forms below are
 reconstructions (methods.md, section 3), each one an option.
 
-* W_t is a fraction of each group's mean filter norm, not a quantile: a layer
-  with many weak filters offers more candidates, so per-layer rates follow the
-  norms instead of being uniform.
+* W_t is a quantile: the share of the prunable filters, ranked across all groups
+  by their norm over their group's mean, that are candidates.  Ranking by the
+  norm relative to the group keeps per-layer rates following the norms (a layer
+  with many weak filters offers more candidates); the quantile keeps the rate
+  the controller sets.  A threshold as a fraction of the group mean (the first
+  reconstruction) was all or nothing on residual networks, whose filter norms
+  sit within 0.7 to 1.3 of their group's mean: no candidate at W_t = 0.7, half
+  of all filters at 1.0 (methods.json, ResNet-20).
 * A filter's norm is the l1 norm of all its weight slices (the producing
   kernel and the consuming layers' slices): with BatchNorm after a conv the
   producing kernel's scale is irrelevant, only the consumers' slices can make
@@ -49,7 +54,7 @@ __all__ = ["PlayAndPrune", "Setting", "next_setting"]
 class Setting:
     """The controller's state: the current W_t and lam_t and the factor that moves them."""
 
-    threshold: float  # W_t, a fraction of each group's mean filter norm
+    threshold: float  # W_t, the share of the prunable filters (weakest relative to their group) that are candidates
     lam: float  # lam_t
     step: float  # raise factor; its square root after every round outside the tolerance
     idle: int = 0  # failures in a row (see next_setting)
@@ -113,15 +118,16 @@ class _FilterNorms:
 
 @dataclass
 class PlayAndPrune:
-    """Options: ``threshold`` and ``lam`` (W_0 and lam_0), ``grow`` (the controller's first step), ``max_threshold``,
+    """Options: ``threshold`` and ``lam`` (W_0, a share of the filters, and lam_0), ``grow`` (the controller's
+    first step), ``max_threshold`` (the largest share offered in one round),
     ``zero`` (a filter has reached zero below ``zero`` x its group's mean norm), ``reg_epochs`` and ``reg_lr``
     (the regularised phase), ``patience`` (rounds without progress before stopping), ``fold_batches``
     (batches that measure the constants folded into the next layers)."""
 
-    threshold: float = 0.7
+    threshold: float = 0.1
     lam: float = 1.0
     grow: float = 1.5
-    max_threshold: float = 1.0
+    max_threshold: float = 0.5
     zero: float = 0.3
     reg_epochs: int = 1
     reg_lr: float = 0.01
@@ -132,8 +138,10 @@ class PlayAndPrune:
     default_rounds: ClassVar[int] = 12
 
     def __post_init__(self) -> None:
-        if not (self.threshold > 0 and self.lam > 0 and self.grow > 1 and 0 < self.zero < 1 and self.patience >= 1):
-            raise FalfValueError("play_and_prune needs threshold > 0, lam > 0, grow > 1, 0 < zero < 1 and patience >= 1")
+        if not (0 < self.threshold <= self.max_threshold <= 1 and self.lam > 0 and self.grow > 1
+                and 0 < self.zero < 1 and self.patience >= 1):
+            raise FalfValueError("play_and_prune needs 0 < threshold <= max_threshold <= 1 (shares of the filters), "
+                                 "lam > 0, grow > 1, 0 < zero < 1 and patience >= 1")
         self.setting = Setting(self.threshold, self.lam, self.grow)
 
     def propose(self, round_: Round) -> Proposal:
@@ -144,7 +152,10 @@ class PlayAndPrune:
             start = norms()
         unfrozen = {g: norms.groups[g][1] for g in start}
         mean = {g: start[g][unfrozen[g]].mean() for g in start}
-        candidates = {g: (start[g] < self.setting.threshold * mean[g]) & unfrozen[g] for g in start}
+        relative = {g: start[g] / mean[g] for g in start}
+        pool = torch.cat([relative[g][unfrozen[g]] for g in start]) if start else torch.zeros(0)
+        cut = torch.quantile(pool, self.setting.threshold) if pool.numel() else torch.tensor(-1.0)
+        candidates = {g: (relative[g] <= cut) & unfrozen[g] for g in start}
         scale = {g: mean[g] / norms.elements()[g][unfrozen[g]].mean() for g in start}  # the group's mean |w|
         lam = self.setting.lam
 
