@@ -143,10 +143,10 @@ def _weight_ids(analysis: Analysis, name: str, dim: int) -> np.ndarray:
 
 def _prunable(analysis: Analysis, ids: np.ndarray) -> bool:
     """Whether any of these channels can go (a channel of a prunable group, not frozen)."""
-    groups = {group.id: group for group in analysis.prunable_groups}
     for channel in np.unique(ids).tolist():
-        group = groups.get(int(analysis.group_of_channel[channel]))
-        if group is not None and not group.frozen[analysis.index_in_group[channel]]:
+        gid = int(analysis.group_of_channel[channel])
+        group = analysis.groups[gid] if gid >= 0 else None
+        if group is not None and group.prunable and not group.frozen[analysis.index_in_group[channel]]:
             return True
     return False
 
