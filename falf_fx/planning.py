@@ -14,7 +14,7 @@ from falf_fx.passes.plan import PlanError, PruningPlan
 from .errors import FalfValueError
 
 __all__ = ["ALLOCATIONS", "MacsModel", "ParamsModel", "allocate", "channel_mac_costs", "channel_param_costs",
-           "meet_macs_goal", "plan_by_keeps", "plan_by_ratio", "random_plan", "ratio_keeps", "removal_order"]
+           "keep_removals", "meet_macs_goal", "plan_by_keeps", "plan_by_ratio", "random_plan", "ratio_keeps", "removal_order"]
 
 ALLOCATIONS = ("uniform", "global", "cost")
 
@@ -62,8 +62,9 @@ def ratio_keeps(analysis: Analysis, ratio: float, round_to: Optional[int] = None
             for group in analysis.prunable_groups if group.id not in skip_groups}
 
 
-def plan_by_keeps(analysis: Analysis, scores: Mapping[int, np.ndarray], keeps: Mapping[int, int]) -> PruningPlan:
-    """Each group in ``keeps`` keeps that many channels, its highest scores (frozen ones always stay)."""
+def keep_removals(analysis: Analysis, scores: Mapping[int, np.ndarray],
+                  keeps: Mapping[int, int]) -> dict[int, list[int]]:
+    """The channels each group in ``keeps`` loses to keep that many: its lowest scores, never a frozen one."""
     removals: dict[int, list[int]] = {}
     for gid, keep in keeps.items():
         group = analysis.groups[gid]
@@ -71,6 +72,12 @@ def plan_by_keeps(analysis: Analysis, scores: Mapping[int, np.ndarray], keeps: M
         count = min(group.size - keep, len(candidates))
         if count > 0:
             removals[gid] = sorted(candidates[:count])
+    return removals
+
+
+def plan_by_keeps(analysis: Analysis, scores: Mapping[int, np.ndarray], keeps: Mapping[int, int]) -> PruningPlan:
+    """Each group in ``keeps`` keeps that many channels, its highest scores (frozen ones always stay)."""
+    removals = keep_removals(analysis, scores, keeps)
     _repair_emptied_axes(analysis, removals, scores)
     return PruningPlan.build(analysis, removals)
 

@@ -21,7 +21,7 @@ from falf_fx.passes.rewrite import slim_graph_module
 
 from .flops import cost_and_macs_by_module
 from .latency import LatencySettings, latency_ratio
-from .planning import MacsModel, plan_by_keeps, ratio_keeps
+from .planning import MacsModel, keep_removals, plan_by_keeps, ratio_keeps
 
 __all__ = ["SNAP_CANDIDATES", "prune_snapped", "snapped_keeps"]
 
@@ -33,10 +33,8 @@ _FASTER = 0.98  # and must measure at most this share of the unsnapped latency t
 def _removed(analysis: Analysis, scores: Mapping[int, np.ndarray], keeps: Mapping[int, int]) -> np.ndarray:
     """The global channels ``plan_by_keeps`` removes (before its rare repair of emptied axes)."""
     removed = np.zeros(analysis.group_of_channel.size, dtype=bool)
-    for gid, keep in keeps.items():
-        group = analysis.groups[gid]
-        candidates = [i for i in np.argsort(scores[gid], kind="stable").tolist() if not group.frozen[i]]
-        removed[[group.channel_ids[i] for i in candidates[:max(group.size - keep, 0)]]] = True
+    for gid, indices in keep_removals(analysis, scores, keeps).items():
+        removed[[analysis.groups[gid].channel_ids[i] for i in indices]] = True
     return removed
 
 
