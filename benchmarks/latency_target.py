@@ -47,7 +47,7 @@ def measure(name: str, threads: int, batches: list[int], targets: list[float], c
             start = time.perf_counter()
             slim = falf_fx.prune(model, x, target_latency=target, latency=settings).eval()
             seconds = time.perf_counter() - start
-            times = _latencies({"original": model, "slim": slim}, batch, rounds=5 if batch == 1 else 2,
+            times = _latencies({"original": model, "slim": slim}, batch, rounds=5,
                                threads=threads, min_run_time=0.5)
             ratio = times["slim"]["median_s"] / times["original"]["median_s"]
             macs = count_cost(slim, x).macs / before.macs
