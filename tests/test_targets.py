@@ -258,3 +258,17 @@ def test_a_session_reaches_a_latency_target_in_the_users_loop(fake_clock, tmp_pa
             optimiser_steps += 1
     target = session.result().report["target"]
     assert optimiser_steps > 0 and target["latency"] == 0.6 and target["met"]
+
+
+def test_reports_time_the_example_as_given_and_targets_at_their_batch(monkeypatch):
+    shapes = []
+
+    def seconds(stmt, env, settings):
+        shapes.append(tuple(env["x"][0].shape))
+        return 1e-3
+
+    monkeypatch.setattr(latency_module, "_median_seconds", seconds)
+    model, x = nn.Conv2d(3, 4, 3), torch.randn(5, 3, 8, 8)
+    assert latency_module.report_latency_ms(model, x) == pytest.approx(1.0)
+    latency_module.measure_latency(model, x, LatencySettings(batch_size=2))
+    assert shapes == [(5, 3, 8, 8), (2, 3, 8, 8)]
