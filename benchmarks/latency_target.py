@@ -14,6 +14,7 @@ target, the MACs ratio, the table model's first prediction error and the tries.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="latency table cache (default: a fresh temporary one)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--note", help="free text stored with the machine facts")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the earlier JSON's runs of other (model, batch, target, threads) cells")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     targets = [float(t) for t in args.targets.split(",")]
@@ -83,6 +86,11 @@ def main() -> None:
     console = Console()
     facts = machine(args.threads, args.note)
     cache = args.cache or tempfile.mkdtemp(prefix="falf-latency-")  # timed afresh: prune's own cost is measured
+    settings = {"importance": "l1", "allocation": "uniform", "input": 224, "threads": args.threads,
+                "batches": batches, "targets": targets,
+                "check": "benchmarks/latency.py's alternating protocol on the returned slim model",
+                "mode": "eval, torch.inference_mode, float32, random weights"}
+    earlier = _earlier_records(args.threads) if args.merge else []
     records = []
     for name in args.models:
         console.print(f"latency target: {name}", highlight=False)
@@ -90,6 +98,11 @@ def main() -> None:
                                   args.batches, "--targets", args.targets, "--cache", cache],
                                  stage_timeout=args.timeout, total_timeout=args.timeout, mem_limit_gib=14,
                                  stage="done"))
+        for run in records[-1].get("runs", []):
+            run["threads"] = args.threads
+        # after every model, so a run cut short keeps what it measured
+        write_json("latency_target.json", {"machine": facts, "settings": settings,
+                                           "records": _merged(earlier, records)})
     table = Table("model", "batch", "target", "measured", "within 5%", "MACs ratio", "share of MACs promise",
                   "first prediction error", "tries", "prune s")
     for r in records:
@@ -101,11 +114,29 @@ def main() -> None:
         if not r.get("ok"):
             table.add_row(r.get("model", "?"), "-", "-", f"FAIL {r.get('error')}")
     console.print(table)
-    settings = {"importance": "l1", "allocation": "uniform", "input": 224, "threads": args.threads,
-                "batches": batches, "targets": targets,
-                "check": "benchmarks/latency.py's alternating protocol on the returned slim model",
-                "mode": "eval, torch.inference_mode, float32, random weights"}
-    write_json("latency_target.json", {"machine": facts, "settings": settings, "records": records})
+
+
+def _earlier_records(threads: int) -> list[dict]:
+    from harness import RESULTS
+    path = RESULTS / "latency_target.json"
+    if not path.exists():
+        return []
+    previous = json.loads(path.read_text())
+    for record in previous.get("records", []):
+        for run in record.get("runs", []):
+            run.setdefault("threads", previous.get("settings", {}).get("threads", threads))
+    return previous.get("records", [])
+
+
+def _merged(earlier: list[dict], records: list[dict]) -> list[dict]:
+    """Per model, the new runs and the earlier runs of cells not measured again."""
+    out = {r["model"]: {**r, "runs": list(r.get("runs", []))} for r in earlier if "model" in r}
+    for record in records:
+        new_cells = {(run["batch"], run["target"], run["threads"]) for run in record.get("runs", [])}
+        kept = [run for run in out.get(record.get("model"), {}).get("runs", [])
+                if (run["batch"], run["target"], run["threads"]) not in new_cells]
+        out[record.get("model", "?")] = {**record, "runs": kept + list(record.get("runs", []))}
+    return list(out.values())
 
 
 if __name__ == "__main__":
