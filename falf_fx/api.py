@@ -141,7 +141,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = Non
         else:
             slim_parts.append((part.name, prune_to_target(
                 analysis, scores, part.example_inputs, kind, value, latency=latency, allocation=allocation,
-                min_keep=min_keep, skip_groups=skip, inplace=inplace, progress=progress)))
+                min_keep=min_keep, skip_groups=skip, inplace=inplace, progress=progress, original=model)))
     whole = slim_parts[0][0] == ""  # the model traced, maybe with parts inside the leaves it kept
     result = slim_parts[0][1] if whole else model if inplace else copy.deepcopy(model)
     for name, slim in slim_parts[1:] if whole else slim_parts:

@@ -272,3 +272,17 @@ def test_reports_time_the_example_as_given_and_targets_at_their_batch(monkeypatc
     assert latency_module.report_latency_ms(model, x) == pytest.approx(1.0)
     latency_module.measure_latency(model, x, LatencySettings(batch_size=2))
     assert shapes == [(5, 3, 8, 8), (2, 3, 8, 8)]
+
+
+def test_a_latency_target_is_timed_against_the_module_the_user_passed(fake_clock, tmp_path, monkeypatch):
+    timed = []
+    clock = latency_module._median_seconds
+
+    def seconds(stmt, env, settings):
+        timed.append(env.get("model"))
+        return clock(stmt, env, settings)
+
+    monkeypatch.setattr(latency_module, "_median_seconds", seconds)
+    model = resnet20().eval()
+    falf_fx.prune(model, X, target_latency=0.5, latency=LatencySettings(threads=1, cache_dir=str(tmp_path)))
+    assert any(m is model for m in timed)  # the user's nested modules, not only their flattened trace
