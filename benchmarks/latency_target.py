@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -51,14 +52,23 @@ def measure(name: str, threads: int, batches: list[int], targets: list[float], c
             times = _latencies({"original": model, "slim": slim}, batch, rounds=5,
                                threads=threads, min_run_time=0.5)
             ratio = times["slim"]["median_s"] / times["original"]["median_s"]
+            paired = paired_ratios(times)
             macs = count_cost(slim, x).macs / before.macs
             run = {"batch": batch, "target": target, "prune_seconds": round(seconds, 1),
                    "planned": slim.meta["falf_fx_target"], "latency_ratio": round(ratio, 4),
                    "within_5pct": abs(ratio - target) <= 0.05 * target, "macs_ratio": round(macs, 4),
+                   "paired_ratio": round(statistics.median(paired), 4),
+                   "paired_range": [round(min(paired), 4), round(max(paired), 4)],
                    "share_of_mac_limit": round(macs / ratio, 3), "times": times}
             record["runs"].append(run)
             emit({**record, "stage": f"b{batch} t{target}"})
     emit({**record, "ok": True, "stage": "done"})
+
+
+def paired_ratios(times: dict) -> list[float]:
+    """Each round's slim/original ratio (the two were timed back to back): the spread says how far this
+    machine's load lets a latency ratio be trusted."""
+    return [s / o for s, o in zip(times["slim"]["samples_s"], times["original"]["samples_s"])]
 
 
 def main() -> None:
