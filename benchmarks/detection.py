@@ -4,7 +4,7 @@ Protocol, per seed: torchvision's Faster R-CNN MobileNetV3-FPN (random init, 11 
 trained 24 epochs on 512 seeded synthetic shape scenes (``falf_fx.data_tasks.ShapesDetection``; SGD, peak lr
 0.02, warm-up + cosine), then compressed to half its MACs by ``magnitude`` and by ``falf`` from the same
 weights, each with 4 fine-tuning epochs at lr 0.01, and scored by torchmetrics' mAP@0.5 on 128 held-out scenes.
-Results go to ``results/detection.json``; about 20 minutes a seed on 2 cores.
+Results go to ``results/detection.json`` after every seed; 26 to 42 minutes a seed on this 2-core machine.
 
     python benchmarks/detection.py --seeds 0,1,2 [--resume]
 """
