@@ -107,13 +107,7 @@ def _layer_parts(m: int, n: int, side: int, stride: int, p: int) -> dict:
     het = HetConv2d.from_conv(conv, p).eval()
     x = torch.randn(1, m, side, side)
     gathered = torch.cat([x[:, a:b] for a, b in het.gather_slices()], 1)
-    mask = (torch.arange(n)[:, None] // (n // p) != torch.arange(m)[None] // (m // p)).float()
-    dense_1x1 = nn.Conv2d(m, n, 1, stride, bias=False).eval()  # the masked form: zero diagonal blocks
-    with torch.no_grad():
-        dense_1x1.weight.mul_(mask[:, :, None, None])
-
-    def masked_form():
-        return het.spatial(x) + dense_1x1(x)
+    overlap = HetConv2d.from_conv(conv, p, "overlap").eval()  # a dense 1x1 part, its own blocks zero
 
     def nograd(fn):
         def run():
@@ -125,7 +119,7 @@ def _layer_parts(m: int, n: int, side: int, stride: int, p: int) -> dict:
             "grouped 3x3 alone": nograd(lambda: het.spatial(x)),
             "gather (cat of slices)": nograd(lambda: torch.cat([x[:, a:b] for a, b in het.gather_slices()], 1)),
             "grouped 1x1 alone": nograd(lambda: het.pointwise(gathered)),
-            "masked dense-1x1 form": nograd(masked_form)}
+            "masked dense-1x1 form": nograd(lambda: overlap(x))}
 
 
 LAYERS = {"vgg16_cifar": (256, 256, 8, 1), "resnet50": (256, 256, 14, 1)}  # m, n, side, stride

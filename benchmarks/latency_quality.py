@@ -56,23 +56,19 @@ def plans(weights: str, target: float, settings, workdir: Path, seed: int) -> di
     wanted = _ratio(latency_plan, model, x, settings)  # re-timed: the macs plan has to match this measurement
     rows = {"latency": {"latency_ratio": wanted, "macs_ratio": count_cost(latency_plan, x).macs / macs,
                         "planned": latency_plan.meta["falf_fx_target"]}}
+    from falf_fx.targets import _next_goal, _Try  # the goal step prune's own search takes, in MACs ratios
+
     tries, goal = [], rows["latency"]["macs_ratio"]
-    for _ in range(_TRIES):  # regula falsi on the MACs target for the measured latency
-        slim = falf_fx.prune(model, x, target_macs=goal, allocation="cost")
-        tries.append((goal, _ratio(slim, model, x, settings), slim))
-        if abs(tries[-1][1] - wanted) <= _MATCH * wanted:
+    for _ in range(_TRIES):
+        slim = falf_fx.prune(model, x, target_macs=min(goal, 0.999), allocation="cost")
+        tries.append(_Try(slim, 0, goal, goal, _ratio(slim, model, x, settings)))
+        if abs(tries[-1].measured - wanted) <= _MATCH * wanted:
             break
-        under = [t for t in tries if t[1] <= wanted]
-        over = [t for t in tries if t[1] > wanted]
-        if under and over:
-            low, high = max(under, key=lambda t: t[0]), min(over, key=lambda t: t[0])
-            share = (wanted - low[1]) / (high[1] - low[1]) if high[1] > low[1] else 0.5
-            goal = low[0] + min(max(share, 0.1), 0.9) * (high[0] - low[0])
-        else:
-            goal = min(0.999, goal * wanted / tries[-1][1])
-    goal, measured, macs_plan = min(tries, key=lambda t: abs(t[1] - wanted))
+        goal = _next_goal(tries, wanted)
+    best = min(tries, key=lambda t: abs(t.measured - wanted))
+    goal, measured, macs_plan = best.goal, best.measured, best.slim
     rows["macs"] = {"latency_ratio": measured, "macs_ratio": count_cost(macs_plan, x).macs / macs,
-                    "target_macs": goal, "tries": [[round(g, 5), round(r, 5)] for g, r, _ in tries]}
+                    "target_macs": goal, "tries": [[round(t.goal, 5), round(t.measured, 5)] for t in tries]}
     for arm, slim in (("latency", latency_plan), ("macs", macs_plan)):
         path = workdir / f"{arm}-{seed}.pt"
         falf_fx.save(slim, path)

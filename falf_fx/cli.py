@@ -13,6 +13,7 @@ import json
 import sys
 import traceback
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -231,10 +232,10 @@ def _cmd_hetconv(s: _Session) -> None:
     s.emit(cost_table(rows, f"{a.model}: HetConv P={a.p}, {len(rows)} convs converted"))
     forms = het.meta["falf_fx.hetconv"]["forms"]
     if a.form == "auto":
-        counts = {form: sum(f == form for f in forms.values()) for form in sorted(set(forms.values()))}
+        counts = sorted(Counter(forms.values()).items())
         s.out.print("forms measured fastest (batch {}, {} threads): {}".format(
             a.batch_size, het.meta["falf_fx.hetconv"]["threads"],
-            ", ".join(f"{form} x{count}" for form, count in counts.items())), soft_wrap=True, markup=False)
+            ", ".join(f"{form} x{count}" for form, count in counts)), soft_wrap=True, markup=False)
     s.emit(report.table())
     for name, reason in skipped.items():
         s.out.print(f"kept standard: {name}: {reason}", soft_wrap=True, markup=False)

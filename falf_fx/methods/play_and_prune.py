@@ -153,8 +153,8 @@ class PlayAndPrune:
         unfrozen = {g: norms.groups[g][1] for g in start}
         mean = {g: start[g][unfrozen[g]].mean() for g in start}
         relative = {g: start[g] / mean[g] for g in start}
-        pool = torch.cat([relative[g][unfrozen[g]] for g in start]) if start else torch.zeros(0)
-        cut = torch.quantile(pool, self.setting.threshold) if pool.numel() else torch.tensor(-1.0)
+        pool = torch.cat([relative[g][unfrozen[g]] for g in start] + [torch.zeros(0)])
+        cut = torch.quantile(pool, self.setting.threshold) if pool.numel() else -1.0  # nothing to offer
         candidates = {g: (relative[g] <= cut) & unfrozen[g] for g in start}
         scale = {g: mean[g] / norms.elements()[g][unfrozen[g]].mean() for g in start}  # the group's mean |w|
         lam = self.setting.lam
