@@ -59,6 +59,7 @@ VARIANTS = {
     "stability": {"method": "stability"},
     "correlation": {"method": "correlation"},
     "pruner_network": {"method": "pruner_network"},
+    "min-channels-1": {"min_channels": 1},
 }
 
 

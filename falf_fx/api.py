@@ -73,7 +73,8 @@ def _check_ignored_modules(model: nn.Module, ignore: Sequence[Union[str, nn.Modu
 def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = None,
           target_macs: Optional[float] = None, target_params: Optional[float] = None,
           target_latency: Optional[float] = None, latency: LatencySettings = LatencySettings(),
-          allocation: str = "uniform", min_keep: float = 0.05, importance: str = "l1", seed: int = 0,
+          allocation: str = "uniform", min_keep: float = 0.05, min_channels: int = 4, importance: str = "l1",
+          seed: int = 0,
           ignore: Sequence[Union[str, nn.Module]] = (), round_to: Union[None, int, str] = None,
           leaf_modules: Sequence[LeafSpec] = (), inplace: bool = False, progress: bool = False) -> nn.Module:
     """Remove the least important channels: ``ratio`` of every prunable group, or down to a target.
@@ -91,7 +92,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = Non
     model fastest under ``latency`` and keeps that one (``meta["falf_fx_round_to"]``).
     Targets share the cut between groups by ``allocation`` (``uniform``, ``global``, or
     ``cost``: scores per MAC, parameter or millisecond saved); ``min_keep`` of every
-    group stays.
+    group stays, and at least ``min_channels`` of it.
 
     Importance is summed over every parameter a group slices (``l1``, ``l2``) or
     drawn at random from ``seed``.  The model's outputs are never pruned, nor are
@@ -116,6 +117,9 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = Non
         raise FalfValueError(f"{kind} must be strictly between 0 and 1, got {value}")
     if allocation not in ALLOCATIONS:
         raise FalfValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise FalfValueError(f"min_channels is the fewest channels a group keeps, a whole number >= 1, "
+                             f"not {min_channels!r}")
     if round_to is not None and round_to != "auto" and not (isinstance(round_to, int) and round_to >= 1):
         raise FalfValueError(f"round_to is a positive number of channels or 'auto', got {round_to!r}")
     if round_to is not None and kind != "ratio":
@@ -141,7 +145,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = Non
         else:
             slim_parts.append((part.name, prune_to_target(
                 analysis, scores, part.example_inputs, kind, value, latency=latency, allocation=allocation,
-                min_keep=min_keep, skip_groups=skip, inplace=inplace, progress=progress, original=model)))
+                min_keep=min_keep, min_channels=min_channels, skip_groups=skip, inplace=inplace, progress=progress,
+                original=model)))
     whole = slim_parts[0][0] == ""  # the model traced, maybe with parts inside the leaves it kept
     result = slim_parts[0][1] if whole else model if inplace else copy.deepcopy(model)
     for name, slim in slim_parts[1:] if whole else slim_parts:

@@ -93,11 +93,12 @@ def _distillation(distill: Optional[float], temperature: float, logits: bool) ->
 
 
 def _check_target(analyses: dict[str, Analysis], per_module: dict[str, tuple[int, dict[str, int]]], total: float,
-                  target_macs: float) -> None:
+                  target_macs: float, min_keep: float, min_channels: int) -> None:
     """Say why before any training if the target cannot be reached.
 
-    The floor is one channel left in every prunable group of every part, its MACs
-    predicted from the analysis (within 0.5% of fvcore, never below it).
+    The floor is what ``min_keep`` and ``min_channels`` leave in every prunable group
+    of every part, its MACs predicted from the analysis (within 0.5% of fvcore, never
+    below it).
     """
     if not 0.0 < target_macs < 1.0:
         raise FalfValueError(f"target_macs is a fraction of the original MACs in (0, 1), got {target_macs}")
@@ -105,12 +106,15 @@ def _check_target(analyses: dict[str, Analysis], per_module: dict[str, tuple[int
     for name, analysis in analyses.items():
         macs = MacsModel(analysis, per_module[name][1], per_module[name][0])
         flat = {g.id: np.zeros(g.size) for g in analysis.prunable_groups}
-        floor += macs.predict(allocate(analysis, flat, 0.0, macs, "uniform", min_keep=0.0).removed_channels())
+        floor += macs.predict(allocate(analysis, flat, 0.0, macs, "uniform", min_keep=min_keep,
+                                       min_channels=min_channels).removed_channels())
     floor /= total
     if target_macs < floor:
         frozen = sorted({r for a in analyses.values() for g in a.groups for r in g.reasons})[:3]
-        raise FalfValueError(f"target_macs={target_macs} cannot be reached: with one channel left in every prunable "
-                             f"group {floor:.4f} of the MACs remain (frozen: {'; '.join(frozen) or 'nothing'})")
+        raise FalfValueError(f"target_macs={target_macs} cannot be reached: with min_keep={min_keep} and "
+                             f"min_channels={min_channels} left in every prunable group {floor:.4f} of the MACs "
+                             f"remain (frozen: {'; '.join(frozen) or 'nothing'}); lower min_channels or min_keep "
+                             f"if the floor is what holds it")
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ def _round_goal(before_macs: float, current: float, index: int, rounds: int, tar
 
 
 def _check_options(target_macs, target_latency, tolerance, val_loader, evaluate, finetune_epochs, allocation,
-                   min_keep) -> None:
+                   min_keep, min_channels) -> None:
     if target_macs is None and target_latency is None and tolerance is None:
         raise FalfValueError("give target_macs (e.g. 0.25 of the original MACs) or target_latency (e.g. 0.5 of its "
                              "measured latency), tolerance (e.g. 0.01), or a target and a tolerance")
@@ -165,6 +169,9 @@ def _check_options(target_macs, target_latency, tolerance, val_loader, evaluate,
         raise FalfValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
     if not 0.0 <= min_keep < 1.0:
         raise FalfValueError(f"min_keep is the share of every group that stays, in [0, 1), not {min_keep}")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise FalfValueError(f"min_channels is the fewest channels a group keeps, a whole number >= 1, "
+                             f"not {min_channels!r}")
 
 
 class _LatencyTarget:
@@ -191,10 +198,10 @@ class _LatencyTarget:
         return self.current <= self.target * self.before * 1.05
 
     def round_model(self, analysis: Analysis, goal_ms: float, allocation: str,
-                    min_keep: float) -> tuple[LatencyModel, dict[int, np.ndarray], float, float]:
+                    min_keep: float, min_channels: int) -> tuple[LatencyModel, dict[int, np.ndarray], float, float]:
         """The round's latency model, its per-channel costs, and the goal and final goal in its units."""
         model = LatencyModel(analysis, self.current, self.settings)
-        planned = latency_goal(analysis, model, self.measure, goal_ms, allocation, min_keep)
+        planned = latency_goal(analysis, model, self.measure, goal_ms, allocation, min_keep, min_channels)
         return model, channel_latency_costs(model), planned, planned * self.target * self.before / goal_ms
 
     def report(self) -> dict[str, Any]:
@@ -216,18 +223,19 @@ class _Run:
                  example_inputs: Any, val_loader: Optional[DataLoader], loss_fn: Optional[Callable],
                  evaluate: Union[None, str, Callable[[nn.Module], float]], target_macs: Optional[float],
                  tolerance: Optional[float], rounds: Optional[int], step: float, finetune_epochs: int,
-                 finetune_lr: float, warmup: float, allocation: str, min_keep: float, distill: Optional[float],
+                 finetune_lr: float, warmup: float, allocation: str, min_keep: float, min_channels: int,
+                 distill: Optional[float],
                  distill_temperature: float, checkpoint_dir: Optional[str], resume: bool, seed: int,
                  progress: bool, measure_latency: bool, trainer: Optional[Callable[[Phase], None]],
                  forward: Forward = inputs_only, target_latency: Optional[float] = None,
                  latency: LatencySettings = LatencySettings()) -> None:
         _check_options(target_macs, target_latency, tolerance, val_loader, evaluate, finetune_epochs, allocation,
-                       min_keep)
+                       min_keep, min_channels)
         self.pruner = copy.deepcopy(resolve_method(method))  # a method object is the caller's: never changed
         self.rounds = rounds or self.pruner.default_rounds
         self.loader, self.target_macs, self.tolerance, self.step, self.seed = loader, target_macs, tolerance, step, seed
-        self.allocation, self.min_keep, self.progress, self.measure_latency = allocation, min_keep, progress, \
-            measure_latency
+        self.allocation, self.min_keep, self.min_channels = allocation, min_keep, min_channels
+        self.progress, self.measure_latency = progress, measure_latency
         self.forward = forward
         batch = _first_batch(loader)
         self.example = example_inputs if example_inputs is not None else _one_sample(batch[0])
@@ -251,7 +259,7 @@ class _Run:
         self.before, self.per_module = self._cost(self.model)
         self.analyses = {name: analyze_graph(self.model.part(name)) for name in self.model.names}
         if target_macs is not None:
-            _check_target(self.analyses, self.per_module, self.before.macs, target_macs)
+            _check_target(self.analyses, self.per_module, self.before.macs, target_macs, min_keep, min_channels)
         self.latency = None
         if target_latency is not None:
             if not self.model.whole:
@@ -362,14 +370,15 @@ class _Run:
                 channel_mac_costs(analysis, per_module), part_macs
         else:
             cost_model, costs, goal, final = self.latency.round_model(analysis, latency_goal_ms, self.allocation,
-                                                                      self.min_keep)
+                                                                      self.min_keep, self.min_channels)
             total = cost_model.total
         embed = None if self.model.whole else _embedder(copy.deepcopy(self.model.host), name)
         return Round(self.model.part(name), analysis, self.loader, self.main_loss, self.classes, index, self.seed,
                      macs_to_remove=total - goal, costs=costs, total_macs=total, target_macs=final,
                      val_loader=self.val_loader, checkpoints=self.store, resume=self.resume, progress=self.progress,
                      macs_model=cost_model, allocation=self.allocation,
-                     min_keep=self.min_keep, auxiliary_epochs=auxiliary, trainer=self.trainer,
+                     min_keep=self.min_keep, min_channels=self.min_channels, auxiliary_epochs=auxiliary,
+                     trainer=self.trainer,
                      forward=self.forward, embed=embed, part_name=name)
 
     def run_round(self) -> dict[str, Any]:
@@ -456,7 +465,7 @@ class _Run:
                   "macs_ratio": after.macs / self.before.macs,
                   "target": _target_report(self.target_macs, after.macs / self.before.macs, self.latency),
                   "budget": _budget_report(self.budget, self.history, self.distillation, self.allocation,
-                                           self.min_keep)}
+                                           self.min_keep, self.min_channels)}
         if self.model.whole and is_library_model(self.gm):
             warn_stale_config(self.gm)
         result = CompressResult(self.gm, report, self.history)
@@ -475,7 +484,8 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
              target_latency: Optional[float] = None, latency: LatencySettings = LatencySettings(),
              step: float = 0.3, finetune_epochs: int = 8, finetune_lr: float = 0.02, warmup: float = 0.05,
              finetune: Optional[Callable[[nn.Module, int, Phase], Any]] = None, forward: Forward = inputs_only,
-             allocation: str = "uniform", min_keep: float = 0.05, distill: Optional[float] = None,
+             allocation: str = "uniform", min_keep: float = 0.05, min_channels: int = 4,
+             distill: Optional[float] = None,
              distill_temperature: float = 4.0, checkpoint_dir: Optional[str] = None, resume: bool = False,
              seed: int = 0, progress: bool = True, measure_latency: bool = True) -> CompressResult:
     """Compress a trained model: rounds of score -> slim -> fine-tune.
@@ -507,14 +517,17 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
     logits, off for other outputs) at ``distill_temperature``.  ``allocation``
     shares a MACs goal between groups: ``uniform`` (the same share of every group),
     ``global`` or ``cost`` (scores ranked across groups, ``cost`` per MAC saved);
-    ``min_keep`` of every group stays.  ``measure_latency=False`` leaves the CPU
+    ``min_keep`` of every group stays, and at least ``min_channels`` of it (4: a
+    narrow stage cut to 3 channels costs more accuracy than any other layer buys
+    back).  ``measure_latency=False`` leaves the CPU
     latency out of the report (it costs seconds; tests and sweeps do not need it).
     """
     trainer = None if finetune is None else (lambda phase: finetune(phase.model, phase.epochs, phase))
     run = _Run(model, loader, method=method, example_inputs=example_inputs, val_loader=val_loader, loss_fn=loss_fn,
                evaluate=evaluate, target_macs=target_macs, tolerance=tolerance, rounds=rounds, step=step,
                finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, warmup=warmup, allocation=allocation,
-               min_keep=min_keep, distill=distill, distill_temperature=distill_temperature,
+               min_keep=min_keep, min_channels=min_channels, distill=distill,
+               distill_temperature=distill_temperature,
                checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, progress=progress,
                measure_latency=measure_latency, trainer=trainer, forward=forward, target_latency=target_latency,
                latency=latency)
@@ -600,7 +613,7 @@ def _target_report(target_macs: Optional[float], reached: float,
 
 
 def _budget_report(budget: FineTuneBudget, history: list[dict], distillation: Distillation, allocation: str,
-                   min_keep: float) -> dict[str, Any]:
+                   min_keep: float, min_channels: int) -> dict[str, Any]:
     """What the run spent, fine-tuning and each method phase apart, and the settings that spent it."""
     auxiliary: dict[str, int] = {}
     for record in history:
@@ -610,4 +623,4 @@ def _budget_report(budget: FineTuneBudget, history: list[dict], distillation: Di
             "auxiliary_epochs": auxiliary, "rounds": len(history), "lr": budget.lr,
             "schedule": f"linear warm-up over {budget.warmup:.0%}, then cosine to 0, over the whole run",
             "distill": {"alpha": distillation.alpha, "temperature": distillation.temperature},
-            "allocation": allocation, "min_keep": min_keep}
+            "allocation": allocation, "min_keep": min_keep, "min_channels": min_channels}

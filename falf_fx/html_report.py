@@ -168,8 +168,8 @@ def _run_section(result: CompressResult) -> str:
               or "none"),
              ("Distillation", f"alpha {distill['alpha']}, temperature {distill['temperature']}"
               if distill.get("alpha") else "off"),
-             ("Allocation", f"{budget.get('allocation', '–')}, at least {budget.get('min_keep', 0):.0%} of every "
-                            "group kept")]
+             ("Allocation", f"{budget.get('allocation', '–')}, at least {budget.get('min_keep', 0):.0%} and "
+                            f"{budget.get('min_channels', 1)} channels of every group kept")]
     rows = "".join(f"<tr><th>{k}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     chart = rounds_chart(result.history, r["before"].get("metric"), metric_label(r["metric"] or "metric"))
     return (f"<section id='run'><h2>The compression run</h2><table class='facts'>{rows}</table>"

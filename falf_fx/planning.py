@@ -181,14 +181,24 @@ def channel_param_costs(params: ParamsModel) -> dict[int, np.ndarray]:
     return costs
 
 
+def floor_of(size: int, min_keep: float, min_channels: int) -> int:
+    """The channels a group of ``size`` keeps at least: ``min_keep`` of them, and ``min_channels`` (or all).
+
+    The absolute floor is the one that matters at extreme targets: a ResNet-20 whose
+    16-channel stream keeps 3 channels instead of 4 loses ~10 points that no other
+    layer's extra channels buy back (``benchmarks/results/quality.json``).
+    """
+    return max(1, min(size, min_channels), int(math.ceil(min_keep * size)))
+
+
 def removal_order(analysis: Analysis, scores: Mapping[int, np.ndarray], allocation: str,
-                   costs: Mapping[int, np.ndarray], min_keep: float) -> list[tuple[int, int]]:
+                  costs: Mapping[int, np.ndarray], min_keep: float, min_channels: int = 1) -> list[tuple[int, int]]:
     """Every removable (group, index), in the order the allocation removes them.
 
     ``uniform``: every group loses the same share, lowest scores first (Torch-Pruning's
     default); ``global``: scores divided by their group's mean, ranked across groups;
     ``cost``: that normalised score per MAC its removal saves.  Each group keeps at
-    least ``min_keep`` of its channels (and one), so no layer collapses.
+    least ``floor_of(size, min_keep, min_channels)`` channels, so no layer collapses.
     """
     mean_cost = np.mean([c.mean() for c in costs.values() if c.size]) if costs else 1.0
     keyed = []
@@ -196,7 +206,7 @@ def removal_order(analysis: Analysis, scores: Mapping[int, np.ndarray], allocati
         score = np.asarray(scores[group.id], dtype=np.float64)
         candidates = np.flatnonzero(~group.frozen)
         candidates = candidates[np.argsort(score[candidates], kind="stable")]
-        cap = min(len(candidates), group.size - max(1, int(math.ceil(min_keep * group.size))))
+        cap = min(len(candidates), group.size - floor_of(group.size, min_keep, min_channels))
         candidates = candidates[:max(cap, 0)]
         if allocation == "uniform":
             key = (np.arange(len(candidates)) + 1.0) / group.size
@@ -212,11 +222,11 @@ def removal_order(analysis: Analysis, scores: Mapping[int, np.ndarray], allocati
 
 def allocate(analysis: Analysis, scores: Mapping[int, np.ndarray], goal_macs: float, macs: MacsModel,
              allocation: str = "uniform", costs: Optional[Mapping[int, np.ndarray]] = None,
-             min_keep: float = 0.05) -> PruningPlan:
+             min_keep: float = 0.05, min_channels: int = 1) -> PruningPlan:
     """The smallest removal, in the allocation's order, whose predicted MACs reach ``goal_macs``."""
     if allocation not in ALLOCATIONS:
         raise PlanError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
-    order = removal_order(analysis, scores, allocation, costs or {}, min_keep)
+    order = removal_order(analysis, scores, allocation, costs or {}, min_keep, min_channels)
     return meet_macs_goal(analysis, order, goal_macs, macs, scores)
 
 

@@ -80,14 +80,15 @@ class PruningSession:
                  loss_fn: Optional[Callable] = None, evaluate: Union[None, str, Callable[[nn.Module], float]] = None,
                  target_macs: Optional[float] = None, tolerance: Optional[float] = None,
                  rounds: Optional[int] = None, step: float = 0.3, finetune_epochs: int = 8, finetune_lr: float = 0.02,
-                 allocation: str = "uniform", min_keep: float = 0.05, seed: int = 0,
+                 allocation: str = "uniform", min_keep: float = 0.05, min_channels: int = 4, seed: int = 0,
                  measure_latency: bool = False, forward: Forward = inputs_only,
                  target_latency: Optional[float] = None, latency: LatencySettings = LatencySettings()) -> None:
         self._handoff = _Handoff()
         self._run = _Run(model, loader, method=method, example_inputs=example_inputs, val_loader=val_loader,
                          loss_fn=loss_fn, evaluate=evaluate, target_macs=target_macs, tolerance=tolerance,
                          rounds=rounds, step=step, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
-                         warmup=0.0, allocation=allocation, min_keep=min_keep, distill=0.0, distill_temperature=1.0,
+                         warmup=0.0, allocation=allocation, min_keep=min_keep,
+                         min_channels=min_channels, distill=0.0, distill_temperature=1.0,
                          checkpoint_dir=None, resume=False, seed=seed, progress=False,
                          measure_latency=measure_latency, trainer=self._handoff, forward=forward,
                          target_latency=target_latency, latency=latency)

@@ -90,19 +90,19 @@ def _best(tries: list[_Try], wanted: float, latency: bool) -> _Try:
 
 
 def latency_goal(analysis: Analysis, model: LatencyModel, measure: Callable[[fx.GraphModule], float],
-                 wanted_ms: float, allocation: str, min_keep: float) -> float:
+                 wanted_ms: float, allocation: str, min_keep: float, min_channels: int) -> float:
     """The goal, in ``model``'s predicted milliseconds, at which an L1 plan measures ``wanted_ms``: what a
     method's own plan should aim at for its measured latency to land there (``compress``)."""
     from .importance import group_importance
 
     scores = group_importance(analysis, "l1", 0)
-    order = removal_order(analysis, scores, allocation, channel_latency_costs(model), min_keep)
+    order = removal_order(analysis, scores, allocation, channel_latency_costs(model), min_keep, min_channels)
     tries, _ = _search(analysis, scores, order, model, measure, wanted_ms, latency=True)
     return _best(tries, wanted_ms, True).goal
 
 
 def prune_to_target(analysis: Analysis, scores: Mapping[int, np.ndarray], example_inputs: Any, kind: str,
-                    target: float, *, latency: LatencySettings, allocation: str, min_keep: float,
+                    target: float, *, latency: LatencySettings, allocation: str, min_keep: float, min_channels: int,
                     skip_groups: frozenset[int] = frozenset(), inplace: bool = False, progress: bool = False,
                     original: Optional[nn.Module] = None) -> fx.GraphModule:
     """The slim GraphModule of ``analysis``'s model whose measured ``kind`` is closest to ``target`` of the
@@ -111,7 +111,8 @@ def prune_to_target(analysis: Analysis, scores: Mapping[int, np.ndarray], exampl
     a few percent faster than the nested modules it was traced from, and the target is of the user's."""
     model, costs, measure = _cost_model(analysis, example_inputs, kind, latency, progress,
                                         analysis.graph_module if original is None else original)
-    order = [(g, i) for g, i in removal_order(analysis, scores, allocation, costs, min_keep) if g not in skip_groups]
+    order = [(g, i) for g, i in removal_order(analysis, scores, allocation, costs, min_keep, min_channels)
+             if g not in skip_groups]
     before, is_latency = model.total, kind == "target_latency"
     tries, stuck = _search(analysis, scores, order, model, measure, target * before, is_latency, inplace)
     best = _best(tries, target * before, is_latency)
@@ -127,7 +128,7 @@ def prune_to_target(analysis: Analysis, scores: Mapping[int, np.ndarray], exampl
     best.slim.meta["falf_fx_target"] = record
     if not met:
         warnings.warn(f"prune missed {kind}={target}: the slim model measures {reached:.4f} of the original "
-                      f"after {len(tries)} tries" + (" (the plan could not move further: min_keep, ignore or frozen "
+                      f"after {len(tries)} tries" + (" (the plan could not move further: min_keep, min_channels, ignore or frozen "
                                                      "groups hold the rest)" if stuck else ""), stacklevel=3)
     return best.slim
 

@@ -10,7 +10,7 @@ import falf_fx
 from falf_fx.flops import count_cost, macs_by_module
 from falf_fx.importance import group_importance
 from falf_fx.models import resnet20, vgg11_cifar
-from falf_fx.planning import MacsModel, allocate, channel_mac_costs, random_plan
+from falf_fx.planning import MacsModel, allocate, channel_mac_costs, floor_of, random_plan
 from falf_fx.errors import PlanError
 from falf_fx.passes.rewrite import slim_graph_module
 
@@ -70,6 +70,25 @@ def test_uniform_takes_the_same_share_of_every_group_and_min_keep_guards_the_res
     low[first.id] = np.where(np.arange(first.size) < 4, 1.0, 1e-6)
     plan = allocate(analysis, low, 0.5 * macs.total, macs, "global", costs, min_keep=0.25)
     assert len(plan.removals[first.id]) == first.size - int(np.ceil(0.25 * first.size))
+
+
+def test_min_channels_holds_a_narrow_stage_at_its_floor_and_the_rest_pays():
+    gm, analysis, macs, costs = _setup(resnet20)
+    scores = group_importance(analysis, "l1")
+    kept = {}
+    for floor in (1, 4):
+        plan = allocate(analysis, scores, 0.0484 * macs.total, macs, "uniform", costs, min_channels=floor)
+        widths = [(g.size, g.size - len(plan.removals.get(g.id, ()))) for g in analysis.prunable_groups]
+        kept[floor] = {size: min(w for s, w in widths if s == size) for size in (16, 32, 64)}
+        real = count_cost(slim_graph_module(gm, plan, verify=False), X).macs / macs.total
+        assert 0.0484 * 0.98 <= real <= 0.0484 * 1.001
+    assert kept[1][16] == 3 and kept[4][16] == 4  # uniform alone cuts the 16-channel stage to 3
+    assert kept[4][64] < kept[1][64]  # the 64-channel stage gives the MACs back
+
+
+def test_floor_of_is_the_larger_of_the_share_and_the_channels_but_never_more_than_the_group():
+    assert [floor_of(size, 0.05, 4) for size in (2, 4, 16, 64, 200)] == [2, 4, 4, 4, 10]
+    assert floor_of(16, 0.0, 1) == 1
 
 
 def test_an_unknown_allocation_is_refused():

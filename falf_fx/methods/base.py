@@ -113,6 +113,7 @@ class Round:
     macs_model: Optional[MacsModel] = None  # predicts a plan's MACs on ``gm`` without slimming (None: made here)
     allocation: str = "uniform"  # how a MACs goal is shared between groups (planning.ALLOCATIONS)
     min_keep: float = 0.05  # the share of every group that allocation keeps
+    min_channels: int = 4  # and the fewest channels (planning.floor_of)
     auxiliary_epochs: dict[str, int] = field(default_factory=dict)  # phase kind -> epochs the method trained
     trainer: Optional[Trainer] = None  # who trains a phase: falf_fx's loop, the user's finetune, or a session
     forward: Forward = inputs_only  # how the whole model runs on a training batch
@@ -135,7 +136,8 @@ class Round:
     def allocate(self, scores: dict[int, np.ndarray]) -> PruningPlan:
         """This round's removal: the round's allocation of ``scores`` down to its MACs goal."""
         goal = self.total_macs - self.macs_to_remove if np.isfinite(self.macs_to_remove) else 0.0
-        return allocate(self.analysis, scores, goal, self.macs_model, self.allocation, self.costs, self.min_keep)
+        return allocate(self.analysis, scores, goal, self.macs_model, self.allocation, self.costs, self.min_keep,
+                        self.min_channels)
 
     def phase(self, kind: str, model: torch.nn.Module, config: TrainConfig,
               penalty: Callable[[], torch.Tensor] = _no_penalty, loader: Optional[DataLoader] = None) -> Phase:
