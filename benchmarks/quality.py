@@ -239,6 +239,8 @@ def _write(settings: dict, bases: list, runs: list, started: float) -> None:
         payload["summary"] = summarize(payload["runs"], payload["pretrained"])
         earlier = previous.get("invocations", [previous.get("settings", {})])
         payload["invocations"] = earlier + [settings] if earlier[-1] != settings else earlier
+        if "superseded" in previous:  # runs on earlier base weights, kept apart from the summary
+            payload["superseded"] = previous["superseded"]
     RESULTS.write_text(json.dumps(payload, indent=1) + "\n")
 
 

@@ -518,8 +518,8 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
     shares a MACs goal between groups: ``uniform`` (the same share of every group),
     ``global`` or ``cost`` (scores ranked across groups, ``cost`` per MAC saved);
     ``min_keep`` of every group stays, and at least ``min_channels`` of it (4: a
-    narrow stage cut to 3 channels costs more accuracy than any other layer buys
-    back).  ``measure_latency=False`` leaves the CPU
+    narrow stage cut to 3 channels costs more accuracy than the wider stages' extra
+    channels buy back).  ``measure_latency=False`` leaves the CPU
     latency out of the report (it costs seconds; tests and sweeps do not need it).
     """
     trainer = None if finetune is None else (lambda phase: finetune(phase.model, phase.epochs, phase))
