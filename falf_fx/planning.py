@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from falf_fx.passes.analysis import Analysis, tensor_named
+from falf_fx.passes.analysis import Analysis, ChannelGroup, tensor_named
 from falf_fx.passes.channel_space import ParamAxis
 from falf_fx.passes.plan import PlanError, PruningPlan
 
@@ -181,15 +181,22 @@ def channel_param_costs(params: ParamsModel) -> dict[int, np.ndarray]:
     return costs
 
 
-def floor_of(size: int, min_keep: float, min_channels: int) -> int:
-    """The channels a group of ``size`` keeps at least: ``min_keep`` of them, and ``min_channels`` (or all).
+def floor_of(size: int, min_keep: float, min_channels: int, per_index: int = 1) -> int:
+    """The indices a group of ``size`` keeps at least: ``min_keep`` of them, and enough for ``min_channels``
+    channels (or all), where each index stands for ``per_index`` channels of its widest tensor (a HetConv
+    or grouped conv's group indexes a position of every block; an attention group, a head).
 
     The absolute floor is the one that matters at extreme targets: at 0.048 of a
     ResNet-20's MACs, uniform shares alone cut its 16-channel stage to 3 channels;
     holding it at 4 while the 64-channel stage pays is 4.3 points more accurate after
     fine-tuning (3 seeds, ``benchmarks/results/quality.json``).
     """
-    return max(1, min(size, min_channels), int(math.ceil(min_keep * size)))
+    return max(1, min(size, -(-min_channels // per_index)), int(math.ceil(min_keep * size)))
+
+
+def channels_per_index(group: ChannelGroup) -> int:
+    """How many channels of the group's widest parameter axis one of its indices stands for."""
+    return max([m.positions.size // group.size for m in group.param_members] + [1])
 
 
 def removal_order(analysis: Analysis, scores: Mapping[int, np.ndarray], allocation: str,
@@ -207,7 +214,8 @@ def removal_order(analysis: Analysis, scores: Mapping[int, np.ndarray], allocati
         score = np.asarray(scores[group.id], dtype=np.float64)
         candidates = np.flatnonzero(~group.frozen)
         candidates = candidates[np.argsort(score[candidates], kind="stable")]
-        cap = min(len(candidates), group.size - floor_of(group.size, min_keep, min_channels))
+        floor = floor_of(group.size, min_keep, min_channels, channels_per_index(group))
+        cap = min(len(candidates), group.size - floor)
         candidates = candidates[:max(cap, 0)]
         if allocation == "uniform":
             key = (np.arange(len(candidates)) + 1.0) / group.size

@@ -89,6 +89,7 @@ def test_min_channels_holds_a_narrow_stage_at_its_floor_and_the_rest_pays():
 def test_floor_of_is_the_larger_of_the_share_and_the_channels_but_never_more_than_the_group():
     assert [floor_of(size, 0.05, 4) for size in (2, 4, 16, 64, 200)] == [2, 4, 4, 4, 10]
     assert floor_of(16, 0.0, 1) == 1
+    assert floor_of(4, 0.05, 4, per_index=4) == 1  # a HetConv group: one index is a position of 4 blocks
 
 
 def test_an_unknown_allocation_is_refused():
