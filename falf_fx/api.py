@@ -17,7 +17,7 @@ from .library_models import is_library_model, warn_stale_config
 from .parts import adopt_interface, capture_parts
 from .importance import group_importance
 from .latency import LatencySettings
-from .planning import ALLOCATIONS, plan_by_ratio
+from .planning import ALLOCATIONS, check_min_channels, plan_by_ratio
 from .snapping import prune_snapped
 from .targets import prune_to_target
 
@@ -117,9 +117,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: Optional[float] = Non
         raise FalfValueError(f"{kind} must be strictly between 0 and 1, got {value}")
     if allocation not in ALLOCATIONS:
         raise FalfValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
-    if not isinstance(min_channels, int) or min_channels < 1:
-        raise FalfValueError(f"min_channels is the fewest channels a group keeps, a whole number >= 1, "
-                             f"not {min_channels!r}")
+    check_min_channels(min_channels)
     if round_to is not None and round_to != "auto" and not (isinstance(round_to, int) and round_to >= 1):
         raise FalfValueError(f"round_to is a positive number of channels or 'auto', got {round_to!r}")
     if round_to is not None and kind != "ratio":

@@ -34,7 +34,7 @@ from .metrics import resolve_metric
 from .serialize import from_plain, to_plain
 from .latency import (LatencyModel, LatencySettings, channel_latency_costs, latency_ratio, measure_latency,
                       report_latency_ms)
-from .planning import ALLOCATIONS, MacsModel, allocate, channel_mac_costs
+from .planning import ALLOCATIONS, MacsModel, allocate, channel_mac_costs, check_min_channels
 from .targets import latency_goal
 from .training import Forward, TrainConfig, inputs_only, is_distributed, steps_per_epoch
 
@@ -169,9 +169,7 @@ def _check_options(target_macs, target_latency, tolerance, val_loader, evaluate,
         raise FalfValueError(f"allocation must be one of {ALLOCATIONS}, not {allocation!r}")
     if not 0.0 <= min_keep < 1.0:
         raise FalfValueError(f"min_keep is the share of every group that stays, in [0, 1), not {min_keep}")
-    if not isinstance(min_channels, int) or min_channels < 1:
-        raise FalfValueError(f"min_channels is the fewest channels a group keeps, a whole number >= 1, "
-                             f"not {min_channels!r}")
+    check_min_channels(min_channels)
 
 
 class _LatencyTarget:

@@ -194,6 +194,13 @@ def floor_of(size: int, min_keep: float, min_channels: int, per_index: int = 1) 
     return max(1, min(size, -(-min_channels // per_index)), int(math.ceil(min_keep * size)))
 
 
+def check_min_channels(min_channels: int) -> None:
+    """The one check of ``min_channels`` for every entry point that takes it (compress, prune, sessions)."""
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise FalfValueError(f"min_channels is the fewest channels a group keeps, a whole number >= 1, "
+                             f"not {min_channels!r}")
+
+
 def channels_per_index(group: ChannelGroup) -> int:
     """How many channels of the group's widest parameter axis one of its indices stands for."""
     return max([m.positions.size // group.size for m in group.param_members] + [1])

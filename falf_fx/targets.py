@@ -128,8 +128,9 @@ def prune_to_target(analysis: Analysis, scores: Mapping[int, np.ndarray], exampl
     best.slim.meta["falf_fx_target"] = record
     if not met:
         warnings.warn(f"prune missed {kind}={target}: the slim model measures {reached:.4f} of the original "
-                      f"after {len(tries)} tries" + (" (the plan could not move further: min_keep, min_channels, ignore or frozen "
-                                                     "groups hold the rest)" if stuck else ""), stacklevel=3)
+                      f"after {len(tries)} tries" + (" (the plan could not move further: min_keep, min_channels, "
+                                                     "ignore or frozen groups hold the rest)" if stuck else ""),
+                      stacklevel=3)
     return best.slim
 
 
