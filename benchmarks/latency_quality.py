@@ -1,6 +1,6 @@
 """Latency-aware against MACs-aware plans at equal measured latency: which keeps more accuracy?  (issue 16)
 
-Per seed, the ResNet-20 that ``benchmarks/quality.py`` trains on its shapes task (the same cache) is pruned
+Per seed, the ResNet-20 that ``benchmarks/quality.py`` trains on its shapes task (the same weights) is pruned
 once with L1 scores and ``allocation="cost"`` in two ways:
 
 - ``latency``: ``prune(target_latency=T)``, the cut shared by importance per millisecond saved, read off the
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import machine  # noqa: E402
-from benchmarks.quality import FINETUNE, PRETRAIN, _build, _ce, _config, _loaders, pretrain  # noqa: E402
+from benchmarks.quality import FINETUNE, PRETRAIN, WEIGHTS, _build, _ce, _config, _loaders, pretrain  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency_quality.json"
 MODEL = "resnet20"
@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache", default=".bench-cache")
+    parser.add_argument("--cache", default=".bench-cache", help="the latency tables' folder")
+    parser.add_argument("--weights", default=str(WEIGHTS), help="quality.py's base weights")
     args = parser.parse_args()
     from falf_fx.latency import LatencySettings
 
@@ -122,7 +123,7 @@ def main() -> None:
     started = time.perf_counter()
     runs = []
     with tempfile.TemporaryDirectory() as workdir, mp.get_context("spawn").Pool(args.workers) as pool:
-        bases = [pretrain(MODEL, seed, cache) for seed in seeds]  # cached by quality.py: loads, or trains once
+        bases = [pretrain(MODEL, seed, Path(args.weights)) for seed in seeds]  # cached by quality.py: loads, or trains once
         tasks = []
         for base in bases:
             arms = plans(base["path"], args.target, settings, Path(workdir), base["seed"])

@@ -2,7 +2,10 @@
 
 The task is ``falf_fx.data.shapes_loaders``: 10,000 training and 2,000 validation
 procedural 32x32 RGB images of 10 classes (one validation point = 20 images).
-Per (model, seed) one network is trained once (cached under ``--cache``); every
+Per (model, seed) one network is trained once (cached under ``--cache``, by default
+``benchmarks/weights``, where the small models' weights are committed: training is
+not bitwise reproducible across machines, and a cell compares recipes on the same
+weights; every base and run records the weights' SHA-256); every
 recipe then starts from those weights and gets ``--epochs`` fine-tuning epochs
 after pruning under the same schedule (SGD, warm-up + cosine, peak lr 0.02).
 A method's own phases (FALF's auxiliary phase, Torch-Pruning's sparse training
@@ -22,11 +25,12 @@ Runs go to worker processes with one torch thread each; the JSON is rewritten
 after every finished run, so a cut-short run leaves honest partial results.
 
     python benchmarks/quality.py [--models vgg11,resnet20] [--targets 0.25,0.0625] [--seeds 0,1,2]
-                                 [--recipes falf_fx,tp-l1,...] [--workers 2] [--cache .bench-cache]
+                                 [--recipes falf_fx,tp-l1,...] [--workers 2] [--cache benchmarks/weights]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import statistics
@@ -41,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
+WEIGHTS = Path(__file__).resolve().parent / "weights"
 MODELS = ("vgg11", "resnet20", "mobilenetv2", "resnet56")
 TARGETS = (0.5, 0.25, 0.125, 0.0625)
 PEERS = ("tp-l1", "tp-taylor", "tp-groupnorm", "modelopt-fastnas")
@@ -50,6 +55,7 @@ BATCH_SIZE = 64
 # falf_fx:<name> -> compress options on top of the defaults (ablations and the other methods)
 VARIANTS = {
     "no-distill": {"distill": 0.0},
+    "distill-correct": {"distill_correct_only": True},
     "rounds4": {"rounds": 4},
     "global": {"allocation": "global"},
     "cost": {"allocation": "cost"},
@@ -97,8 +103,13 @@ def pretrain(model_name: str, seed: int, cache: Path) -> dict:
     else:
         train(model, train_loader, _ce, _config(PRETRAIN, seed), phase="pretrain", progress=False)
         torch.save(model.state_dict(), path)
-    return {"model": model_name, "seed": seed, "path": str(path), "accuracy": evaluate(model, val_loader)["accuracy"],
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {"model": model_name, "seed": seed, "path": str(path), "weights_sha256": _sha256(path),
+            "accuracy": evaluate(model, val_loader)["accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _sha256(path: Path) -> str:
+    """The first 16 hex digits of the weights file's SHA-256: which base a run started from."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _macs(model, x) -> int:
@@ -173,7 +184,7 @@ def run(task: dict) -> dict:
     model.eval()
     x = next(iter(train_loader))[0][:1]
     before = _macs(model, x)
-    public = {k: v for k, v in task.items() if k != "weights"}
+    public = {**{k: v for k, v in task.items() if k != "weights"}, "weights_sha256": _sha256(task["weights"])}
     t0 = time.perf_counter()
     try:
         recipe = task["recipe"]
@@ -290,7 +301,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--recipes", default=",".join(("falf_fx",) + PEERS))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache", default=".bench-cache")
+    parser.add_argument("--cache", default=str(WEIGHTS))
     parser.add_argument("--merge", action="store_true", help="keep the earlier JSON's runs of other cells")
     parser.add_argument("--pretrain-only", action="store_true", help="train and cache the base models, then stop")
     parser.add_argument("--report", action="store_true", help="print the README table and draw the PNG, then stop")

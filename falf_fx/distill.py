@@ -3,7 +3,9 @@
 The slim model learns from the original's softened logits as well as from the
 labels (Hinton et al., 2015): ``(1 - alpha) * task + alpha * T^2 * KL(teacher_T || student_T)``.
 The teacher is a frozen copy in eval mode, so its batch-norm statistics and
-dropout never move; it costs one forward pass per training batch.
+dropout never move; it costs one forward pass per training batch.  With
+``correct_only`` a sample is distilled only where the teacher's top class is its
+label: a weak teacher's wrong answers are not taught (the labels still are).
 """
 from __future__ import annotations
 
@@ -25,10 +27,12 @@ class DistillationError(FalfValueError):
 
 @dataclass(frozen=True)
 class Distillation:
-    """``alpha``: weight of the teacher's term (0 turns distillation off); ``temperature``: softening."""
+    """``alpha``: weight of the teacher's term (0 turns distillation off); ``temperature``: softening;
+    ``correct_only``: distil only the samples the teacher classifies right (needs class-index labels)."""
 
     alpha: float = 0.5
     temperature: float = 4.0
+    correct_only: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -49,6 +53,16 @@ def _logits(outputs, who: str) -> torch.Tensor:
                             "distilled: pass distill=0")
 
 
+def _correct(target: torch.Tensor, batch) -> torch.Tensor:
+    """1.0 where the teacher's top class is the sample's label, else 0.0."""
+    labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+    if not (isinstance(labels, torch.Tensor) and labels.dim() == 1 and len(labels) == len(target)
+            and not labels.is_floating_point()):
+        raise DistillationError("distill_correct_only needs class-index labels (a 1-d integer tensor as the batch's "
+                                f"second item), got {type(labels).__name__}: pass distill_correct_only=False")
+    return (target.argmax(dim=1) == labels).to(target.dtype)
+
+
 def distillation_loss(teacher: nn.Module, task_loss: LossFn, settings: Distillation) -> LossFn:
     """``task_loss`` blended with the KL divergence to a frozen copy of ``teacher``."""
     frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
@@ -58,9 +72,11 @@ def distillation_loss(teacher: nn.Module, task_loss: LossFn, settings: Distillat
         student = _logits(outputs, "slim model")
         with torch.no_grad():
             target = _logits(frozen(batch[0]), "original model")
-        soft = nn.functional.kl_div(nn.functional.log_softmax(student / temperature, dim=1),
-                                    nn.functional.log_softmax(target / temperature, dim=1),
-                                    reduction="batchmean", log_target=True)
-        return (1.0 - alpha) * task_loss(outputs, batch) + alpha * temperature ** 2 * soft
+        per_sample = nn.functional.kl_div(nn.functional.log_softmax(student / temperature, dim=1),
+                                          nn.functional.log_softmax(target / temperature, dim=1),
+                                          reduction="none", log_target=True).sum(dim=1)
+        if settings.correct_only:
+            per_sample = per_sample * _correct(target, batch)
+        return (1.0 - alpha) * task_loss(outputs, batch) + alpha * temperature ** 2 * per_sample.mean()
 
     return loss

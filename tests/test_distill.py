@@ -53,3 +53,27 @@ def test_outputs_that_are_not_logits_and_bad_settings_are_refused():
         Distillation(alpha=1.5)
     with pytest.raises(DistillationError, match="distill_temperature"):
         Distillation(temperature=0)
+
+
+def test_correct_only_teaches_nothing_where_the_teacher_is_wrong():
+    teacher, student = _net().eval(), nn.Sequential(nn.Linear(6, 4))
+    x = torch.randn(32, 6)
+    with torch.no_grad():
+        right = teacher(x).argmax(dim=1)
+    wrong = (right + 1) % 4
+    masked = distillation_loss(teacher, CE, Distillation(alpha=1.0, correct_only=True))
+    plain = distillation_loss(teacher, CE, Distillation(alpha=1.0))
+    outputs = student(x)
+    assert masked(outputs, (x, wrong)).item() == 0.0  # every label disagrees with the teacher: no teacher term
+    assert masked(outputs, (x, right)).item() == pytest.approx(plain(outputs, (x, right)).item(), rel=1e-6)
+    half = torch.where(torch.arange(32) < 16, right, wrong)
+    first = plain(outputs[:16], (x[:16], right[:16])).item()
+    assert masked(outputs, (x, half)).item() == pytest.approx(first / 2, rel=1e-5)  # mean over the whole batch
+
+
+def test_correct_only_needs_class_index_labels():
+    teacher = _net().eval()
+    loss = distillation_loss(teacher, lambda out, batch: out.sum(), Distillation(correct_only=True))
+    x = torch.randn(4, 6)
+    with pytest.raises(DistillationError, match="class-index labels .* distill_correct_only=False"):
+        loss(torch.randn(4, 4), (x, torch.rand(4, 4)))
