@@ -38,7 +38,7 @@ bench-methods: $(STAMP)
 	$(PY) -c "import torch_pruning, modelopt" 2>/dev/null || $(PY) -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/quality.py --report
-	$(PY) benchmarks/criteria.py --cache .bench-cache
+	$(PY) benchmarks/criteria.py
 	$(PY) benchmarks/ablation_falf.py --cache .bench-cache
 	$(PY) benchmarks/cfp_ablation.py
 	$(PY) benchmarks/methods.py --cache .bench-cache

@@ -13,7 +13,7 @@ fatuous task, without the main-task saliency it is multiplied by;
 ``falf-random-drift`` is Stability); CFP's redundancy (minus a filter's largest |rho| with another filter of its
 group); random.
 
-    python benchmarks/criteria.py [--nets lenet5,resnet20] [--cache .bench-cache] [--val-samples 512]
+    python benchmarks/criteria.py [--nets lenet5,resnet20] [--cache benchmarks/weights] [--val-samples 512]
 """
 from __future__ import annotations
 
@@ -51,10 +51,10 @@ def _net(name: str, cache: Path):
         model = lenet5()
         train(model, train_loader, _ce, TrainConfig(epochs=12, lr=0.05, seed=0), progress=False)
         return model, train_loader, val_loader
-    from benchmarks.quality import _build, _loaders, pretrain
+    from benchmarks.quality import _build, _loaders, pretrain, weights_path
     info = pretrain(name, 0, cache)
     model = _build(name)
-    model.load_state_dict(torch.load(info["path"], weights_only=True))
+    model.load_state_dict(torch.load(weights_path(info), weights_only=True))
     train_loader, val_loader = _loaders()
     return model, train_loader, val_loader
 
@@ -131,7 +131,7 @@ def main() -> None:
     import falf_fx
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nets", default="lenet5,resnet20")
-    parser.add_argument("--cache", default=".bench-cache")
+    parser.add_argument("--cache", default="benchmarks/weights", help="quality.py's base weights")
     parser.add_argument("--val-samples", type=int, default=512)
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import machine  # noqa: E402
-from benchmarks.quality import FINETUNE, PRETRAIN, WEIGHTS, _build, _ce, _config, _loaders, pretrain  # noqa: E402
+from benchmarks.quality import (FINETUNE, PRETRAIN, WEIGHTS, _build, _ce, _config, _loaders, pretrain,  # noqa: E402
+                                weights_path)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency_quality.json"
 MODEL = "resnet20"
@@ -126,7 +127,7 @@ def main() -> None:
         bases = [pretrain(MODEL, seed, Path(args.weights)) for seed in seeds]  # cached by quality.py: loads, or trains once
         tasks = []
         for base in bases:
-            arms = plans(base["path"], args.target, settings, Path(workdir), base["seed"])
+            arms = plans(str(weights_path(base)), args.target, settings, Path(workdir), base["seed"])
             print(json.dumps({"seed": base["seed"], **{a: {k: v for k, v in r.items() if k != "planned"}
                                                        for a, r in arms.items()}}), flush=True)
             tasks += [{"seed": base["seed"], "arm": arm, **row} for arm, row in arms.items()]

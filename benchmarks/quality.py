@@ -46,6 +46,7 @@ from benchmarks.harness import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
 WEIGHTS = Path(__file__).resolve().parent / "weights"
+ROOT = WEIGHTS.parent.parent
 MODELS = ("vgg11", "resnet20", "mobilenetv2", "resnet56")
 TARGETS = (0.5, 0.25, 0.125, 0.0625)
 PEERS = ("tp-l1", "tp-taylor", "tp-groupnorm", "modelopt-fastnas")
@@ -55,7 +56,8 @@ BATCH_SIZE = 64
 # falf_fx:<name> -> compress options on top of the defaults (ablations and the other methods)
 VARIANTS = {
     "no-distill": {"distill": 0.0},
-    "distill-correct": {"distill_correct_only": True},
+    "distill-correct": {"distill_where": "teacher_correct"},
+    "distill-ahead": {"distill_where": "teacher_ahead"},
     "rounds4": {"rounds": 4},
     "global": {"allocation": "global"},
     "cost": {"allocation": "cost"},
@@ -103,8 +105,14 @@ def pretrain(model_name: str, seed: int, cache: Path) -> dict:
     else:
         train(model, train_loader, _ce, _config(PRETRAIN, seed), phase="pretrain", progress=False)
         torch.save(model.state_dict(), path)
-    return {"model": model_name, "seed": seed, "path": str(path), "weights_sha256": _sha256(path),
+    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    return {"model": model_name, "seed": seed, "path": str(shown), "weights_sha256": _sha256(path),
             "accuracy": evaluate(model, val_loader)["accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def weights_path(base: dict) -> Path:
+    """The weights file of a ``pretrain`` record (its path is kept relative to the repository)."""
+    return ROOT / base["path"]
 
 
 def _sha256(path: Path) -> str:
@@ -322,7 +330,7 @@ def main() -> None:
         print(json.dumps(bases), flush=True)
         if args.pretrain_only:
             return
-        weights = {(b["model"], b["seed"]): b["path"] for b in bases}
+        weights = {(b["model"], b["seed"]): str(weights_path(b)) for b in bases}
         tasks = [{"model": m, "seed": s, "target": t, "recipe": r, "weights": weights[(m, s)]}
                  for m in models for t in targets for r in recipes for s in seeds]
         runs = []

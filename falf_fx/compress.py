@@ -82,14 +82,14 @@ def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> tupl
     return classes, True
 
 
-def _distillation(distill: Optional[float], temperature: float, correct_only: bool, logits: bool) -> Distillation:
+def _distillation(distill: Optional[float], temperature: float, where: str, logits: bool) -> Distillation:
     """``distill=None``: 0.5 for class logits, off for any other output (a detector's boxes, a dict)."""
     if distill is None:
-        return Distillation(0.5 if logits else 0.0, temperature, correct_only)
+        return Distillation(0.5 if logits else 0.0, temperature, where)
     if distill > 0 and not logits:
         raise DistillationError(f"distill={distill}: the model's outputs are not class logits (batch, classes), "
                                 "so they cannot be distilled; leave distill out (off for such outputs) or pass 0")
-    return Distillation(distill, temperature, correct_only)
+    return Distillation(distill, temperature, where)
 
 
 def _check_target(analyses: dict[str, Analysis], per_module: dict[str, tuple[int, dict[str, int]]], total: float,
@@ -222,7 +222,7 @@ class _Run:
                  evaluate: Union[None, str, Callable[[nn.Module], float]], target_macs: Optional[float],
                  tolerance: Optional[float], rounds: Optional[int], step: float, finetune_epochs: int,
                  finetune_lr: float, warmup: float, allocation: str, min_keep: float, min_channels: int,
-                 distill: Optional[float], distill_temperature: float, distill_correct_only: bool,
+                 distill: Optional[float], distill_temperature: float, distill_where: str,
                  checkpoint_dir: Optional[str], resume: bool, seed: int,
                  progress: bool, measure_latency: bool, trainer: Optional[Callable[[Phase], None]],
                  forward: Forward = inputs_only, target_latency: Optional[float] = None,
@@ -243,7 +243,7 @@ class _Run:
             raise FalfValueError("tolerance is measured by a metric: pass val_loader= (and evaluate= unless the "
                                  "outputs are class logits)")
         self.val_loader = val_loader
-        self.distillation = _distillation(distill, distill_temperature, distill_correct_only, logits)
+        self.distillation = _distillation(distill, distill_temperature, distill_where, logits)
         self.main_loss = loss_fn or _default_loss
         self.store = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
         self.resume = resume
@@ -483,7 +483,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
              step: float = 0.3, finetune_epochs: int = 8, finetune_lr: float = 0.02, warmup: float = 0.05,
              finetune: Optional[Callable[[nn.Module, int, Phase], Any]] = None, forward: Forward = inputs_only,
              allocation: str = "uniform", min_keep: float = 0.05, min_channels: int = 4,
-             distill: Optional[float] = None, distill_temperature: float = 4.0, distill_correct_only: bool = False,
+             distill: Optional[float] = None, distill_temperature: float = 4.0, distill_where: str = "all",
              checkpoint_dir: Optional[str] = None, resume: bool = False,
              seed: int = 0, progress: bool = True, measure_latency: bool = True) -> CompressResult:
     """Compress a trained model: rounds of score -> slim -> fine-tune.
@@ -512,8 +512,8 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
     ``phase.penalty()`` (the method's term; zero when ``phase.kind == "finetune"``)
     to your loss after each forward.  In falf_fx's loop fine-tuning distils the
     original model's logits with weight ``distill`` (0: off; by default 0.5 for class
-    logits, off for other outputs) at ``distill_temperature``; with
-    ``distill_correct_only`` only on the samples the original classifies right.  ``allocation``
+    logits, off for other outputs) at ``distill_temperature``, on the samples
+    ``distill_where`` picks (``falf_fx.distill.Distillation``).  ``allocation``
     shares a MACs goal between groups: ``uniform`` (the same share of every group),
     ``global`` or ``cost`` (scores ranked across groups, ``cost`` per MAC saved);
     ``min_keep`` of every group stays, and at least ``min_channels`` of it (4: a
@@ -526,7 +526,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
                evaluate=evaluate, target_macs=target_macs, tolerance=tolerance, rounds=rounds, step=step,
                finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, warmup=warmup, allocation=allocation,
                min_keep=min_keep, min_channels=min_channels, distill=distill,
-               distill_temperature=distill_temperature, distill_correct_only=distill_correct_only,
+               distill_temperature=distill_temperature, distill_where=distill_where,
                checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, progress=progress,
                measure_latency=measure_latency, trainer=trainer, forward=forward, target_latency=target_latency,
                latency=latency)
@@ -622,5 +622,5 @@ def _budget_report(budget: FineTuneBudget, history: list[dict], distillation: Di
             "auxiliary_epochs": auxiliary, "rounds": len(history), "lr": budget.lr,
             "schedule": f"linear warm-up over {budget.warmup:.0%}, then cosine to 0, over the whole run",
             "distill": {"alpha": distillation.alpha, "temperature": distillation.temperature,
-                        "correct_only": distillation.correct_only},
+                        "where": distillation.where},
             "allocation": allocation, "min_keep": min_keep, "min_channels": min_channels}

@@ -3,9 +3,11 @@
 The slim model learns from the original's softened logits as well as from the
 labels (Hinton et al., 2015): ``(1 - alpha) * task + alpha * T^2 * KL(teacher_T || student_T)``.
 The teacher is a frozen copy in eval mode, so its batch-norm statistics and
-dropout never move; it costs one forward pass per training batch.  With
-``correct_only`` a sample is distilled only where the teacher's top class is its
-label: a weak teacher's wrong answers are not taught (the labels still are).
+dropout never move; it costs one forward pass per training batch.  ``where``
+picks the samples that are distilled: ``all``; ``teacher_correct``, where the
+teacher's top class is the label; ``teacher_ahead``, where the teacher gives the
+label more probability than the student does, so a student that has overtaken a
+weak teacher on a sample is no longer pulled back (the labels are always taught).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from torch import nn
 from .errors import FalfValueError
 from .training import LossFn
 
-__all__ = ["Distillation", "DistillationError", "distillation_loss"]
+__all__ = ["Distillation", "DistillationError", "distillation_loss", "WHERE"]
+WHERE = ("all", "teacher_correct", "teacher_ahead")
 
 
 class DistillationError(FalfValueError):
@@ -28,17 +31,20 @@ class DistillationError(FalfValueError):
 @dataclass(frozen=True)
 class Distillation:
     """``alpha``: weight of the teacher's term (0 turns distillation off); ``temperature``: softening;
-    ``correct_only``: distil only the samples the teacher classifies right (needs class-index labels)."""
+    ``where``: which samples are distilled (``all``, ``teacher_correct``, ``teacher_ahead``; the last two
+    need class-index labels)."""
 
     alpha: float = 0.5
     temperature: float = 4.0
-    correct_only: bool = False
+    where: str = "all"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise DistillationError(f"distill must be a weight in [0, 1] (0 = off), not {self.alpha}")
         if self.temperature <= 0:
             raise DistillationError(f"distill_temperature must be > 0, not {self.temperature}")
+        if self.where not in WHERE:
+            raise DistillationError(f"distill_where must be one of {', '.join(WHERE)}, not {self.where!r}")
 
     @property
     def enabled(self) -> bool:
@@ -53,14 +59,18 @@ def _logits(outputs, who: str) -> torch.Tensor:
                             "distilled: pass distill=0")
 
 
-def _correct(target: torch.Tensor, batch) -> torch.Tensor:
-    """1.0 where the teacher's top class is the sample's label, else 0.0."""
+def _selected(where: str, student: torch.Tensor, target: torch.Tensor, batch) -> torch.Tensor:
+    """1.0 for the samples ``where`` distils, else 0.0."""
     labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
     if not (isinstance(labels, torch.Tensor) and labels.dim() == 1 and len(labels) == len(target)
             and not labels.is_floating_point()):
-        raise DistillationError("distill_correct_only needs class-index labels (a 1-d integer tensor as the batch's "
-                                f"second item), got {type(labels).__name__}: pass distill_correct_only=False")
-    return (target.argmax(dim=1) == labels).to(target.dtype)
+        raise DistillationError(f"distill_where={where!r} needs class-index labels (a 1-d integer tensor as the "
+                                f"batch's second item), got {type(labels).__name__}: pass distill_where='all'")
+    if where == "teacher_correct":
+        return (target.argmax(dim=1) == labels).to(target.dtype)
+    column = labels.unsqueeze(1)
+    ahead = target.softmax(dim=1).gather(1, column) > student.detach().softmax(dim=1).gather(1, column)
+    return ahead.squeeze(1).to(target.dtype)
 
 
 def distillation_loss(teacher: nn.Module, task_loss: LossFn, settings: Distillation) -> LossFn:
@@ -75,8 +85,8 @@ def distillation_loss(teacher: nn.Module, task_loss: LossFn, settings: Distillat
         per_sample = nn.functional.kl_div(nn.functional.log_softmax(student / temperature, dim=1),
                                           nn.functional.log_softmax(target / temperature, dim=1),
                                           reduction="none", log_target=True).sum(dim=1)
-        if settings.correct_only:
-            per_sample = per_sample * _correct(target, batch)
+        if settings.where != "all":
+            per_sample = per_sample * _selected(settings.where, student, target, batch)
         return (1.0 - alpha) * task_loss(outputs, batch) + alpha * temperature ** 2 * per_sample.mean()
 
     return loss

@@ -165,7 +165,7 @@ def test_the_budget_is_shared_by_the_rounds_under_one_schedule(data, trained):
     assert [h["finetune_epochs"] for h in result.history] == [1, 1, 2]
     budget = result.report["budget"]
     assert budget["finetune_epochs"] == 4 and budget["auxiliary_epochs"] == {"fatuous": 3}
-    assert budget["distill"] == {"alpha": 0.5, "temperature": 4.0, "correct_only": False} and budget["allocation"] == "uniform"
+    assert budget["distill"] == {"alpha": 0.5, "temperature": 4.0, "where": "all"} and budget["allocation"] == "uniform"
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global", "cost"])

@@ -55,13 +55,13 @@ def test_outputs_that_are_not_logits_and_bad_settings_are_refused():
         Distillation(temperature=0)
 
 
-def test_correct_only_teaches_nothing_where_the_teacher_is_wrong():
+def test_teacher_correct_teaches_nothing_where_the_teacher_is_wrong():
     teacher, student = _net().eval(), nn.Sequential(nn.Linear(6, 4))
     x = torch.randn(32, 6)
     with torch.no_grad():
         right = teacher(x).argmax(dim=1)
     wrong = (right + 1) % 4
-    masked = distillation_loss(teacher, CE, Distillation(alpha=1.0, correct_only=True))
+    masked = distillation_loss(teacher, CE, Distillation(alpha=1.0, where="teacher_correct"))
     plain = distillation_loss(teacher, CE, Distillation(alpha=1.0))
     outputs = student(x)
     assert masked(outputs, (x, wrong)).item() == 0.0  # every label disagrees with the teacher: no teacher term
@@ -71,9 +71,25 @@ def test_correct_only_teaches_nothing_where_the_teacher_is_wrong():
     assert masked(outputs, (x, half)).item() == pytest.approx(first / 2, rel=1e-5)  # mean over the whole batch
 
 
-def test_correct_only_needs_class_index_labels():
+def test_teacher_ahead_stops_pulling_where_the_student_has_overtaken():
     teacher = _net().eval()
-    loss = distillation_loss(teacher, lambda out, batch: out.sum(), Distillation(correct_only=True))
+    x = torch.randn(32, 6)
+    with torch.no_grad():
+        teacher_out = teacher(x)
+    labels = teacher_out.argmin(dim=1)  # the teacher gives these labels little probability
+    loss = distillation_loss(teacher, CE, Distillation(alpha=1.0, where="teacher_ahead"))
+    overtaken = torch.nn.functional.one_hot(labels, 4).float() * 20  # the student is sure of every label
+    assert loss(overtaken, (x, labels)).item() == 0.0
+    behind = -overtaken  # the student gives every label less than the teacher does
+    plain = distillation_loss(teacher, CE, Distillation(alpha=1.0))
+    assert loss(behind, (x, labels)).item() == pytest.approx(plain(behind, (x, labels)).item(), rel=1e-6)
+
+
+def test_selecting_samples_needs_class_index_labels_and_a_known_rule():
+    teacher = _net().eval()
+    loss = distillation_loss(teacher, lambda out, batch: out.sum(), Distillation(where="teacher_ahead"))
     x = torch.randn(4, 6)
-    with pytest.raises(DistillationError, match="class-index labels .* distill_correct_only=False"):
+    with pytest.raises(DistillationError, match="class-index labels .* distill_where='all'"):
         loss(torch.randn(4, 4), (x, torch.rand(4, 4)))
+    with pytest.raises(DistillationError, match="distill_where must be one of"):
+        Distillation(where="sometimes")
