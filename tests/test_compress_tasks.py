@@ -17,6 +17,7 @@ from falf_fx.data_tasks import ShapesDetection, detection_loaders, segmentation_
 from falf_fx.methods import FALF, Correlation, PlayAndPrune, PrunerNetwork, Stability, Taylor
 from falf_fx.metrics import mean_average_precision, ultralytics_postprocess
 from falf_fx.training import inputs_and_targets
+from tests.conftest import FEW_REGIONS
 from tests.hub_models import ultralytics
 
 FAST = {"magnitude": "magnitude", "taylor": Taylor(batches=2), "falf": FALF(taylor_batches=2),
@@ -30,7 +31,7 @@ LOSS_DICT = lambda outputs, batch: outputs  # noqa: E731 - torchvision's detecto
 
 def _faster_rcnn() -> nn.Module:
     return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None, weights_backbone=None, num_classes=11, min_size=64, max_size=64)
+        weights=None, weights_backbone=None, num_classes=11, min_size=64, max_size=64, **FEW_REGIONS)
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

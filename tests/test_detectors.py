@@ -19,6 +19,7 @@ import falf_fx
 from falf_fx.flops import count_cost
 from falf_fx.parts import capture_parts
 from falf_fx.testing import check_equivalence
+from tests.conftest import FEW_REGIONS
 
 DETECTORS = torchvision.models.list_models(module=detection)
 
@@ -29,7 +30,7 @@ SMALL = {"min_size": 64, "max_size": 64}
 
 def _build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    kwargs = {} if name.startswith("ssd") else SMALL
+    kwargs = {} if name.startswith("ssd") else SMALL | (FEW_REGIONS if "rcnn" in name else {})
     return detection.__dict__[name](weights=None, weights_backbone=None, num_classes=5, **kwargs)
 
 
