@@ -283,7 +283,8 @@ def report(path: Path = RESULTS) -> str:
             row = []
             for t in targets:
                 c = cells[recipe].get(t)
-                row.append("–" if c is None else f"{100 * c['accuracy_mean']:.1f} ± {100 * (c['accuracy_std'] or 0):.1f} "
+                spread = "" if c is None or c["accuracy_std"] is None else f" ± {100 * c['accuracy_std']:.1f}"  # one seed: none
+                row.append("–" if c is None else f"{100 * c['accuracy_mean']:.1f}{spread} "
                            f"(n={c['n_seeds']}, {c['macs_ratio_mean']:.3f})")
             lines.append(f"| {recipe} | " + " | ".join(row) + " |")
             xs = [cells[recipe][t]["macs_ratio_mean"] for t in targets if t in cells[recipe]]
