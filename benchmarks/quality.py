@@ -58,6 +58,7 @@ VARIANTS = {
     "no-distill": {"distill": 0.0},
     "distill-correct": {"distill_where": "teacher_correct"},
     "distill-ahead": {"distill_where": "teacher_ahead"},
+    "distill-passed": {"distill_until": "teacher_passed"},
     "rounds4": {"rounds": 4},
     "global": {"allocation": "global"},
     "cost": {"allocation": "cost"},

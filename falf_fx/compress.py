@@ -26,7 +26,7 @@ from .library_models import is_library_model, warn_stale_config
 from .parts import PartedModel
 from .checkpoint import CheckpointError, CheckpointStore, fingerprint
 from .errors import FalfError, FalfTypeError, FalfValueError
-from .distill import Distillation, DistillationError, distillation_loss
+from .distill import Distillation, DistillationError, DistillationLoss
 from .flops import Cost, cost_and_macs_by_module, layer_widths
 from .methods import PruningMethod, method_options, resolve_method
 from .methods.base import Phase, Round, own_loop
@@ -82,14 +82,15 @@ def _check_classifier(model: nn.Module, batch: tuple, custom_loss: bool) -> tupl
     return classes, True
 
 
-def _distillation(distill: Optional[float], temperature: float, where: str, logits: bool) -> Distillation:
+def _distillation(distill: Optional[float], temperature: float, where: str, until: str,
+                  logits: bool) -> Distillation:
     """``distill=None``: 0.5 for class logits, off for any other output (a detector's boxes, a dict)."""
     if distill is None:
-        return Distillation(0.5 if logits else 0.0, temperature, where)
+        return Distillation(0.5 if logits else 0.0, temperature, where, until)
     if distill > 0 and not logits:
         raise DistillationError(f"distill={distill}: the model's outputs are not class logits (batch, classes), "
                                 "so they cannot be distilled; leave distill out (off for such outputs) or pass 0")
-    return Distillation(distill, temperature, where)
+    return Distillation(distill, temperature, where, until)
 
 
 def _check_target(analyses: dict[str, Analysis], per_module: dict[str, tuple[int, dict[str, int]]], total: float,
@@ -222,7 +223,7 @@ class _Run:
                  evaluate: Union[None, str, Callable[[nn.Module], float]], target_macs: Optional[float],
                  tolerance: Optional[float], rounds: Optional[int], step: float, finetune_epochs: int,
                  finetune_lr: float, warmup: float, allocation: str, min_keep: float, min_channels: int,
-                 distill: Optional[float], distill_temperature: float, distill_where: str,
+                 distill: Optional[float], distill_temperature: float, distill_where: str, distill_until: str,
                  checkpoint_dir: Optional[str], resume: bool, seed: int,
                  progress: bool, measure_latency: bool, trainer: Optional[Callable[[Phase], None]],
                  forward: Forward = inputs_only, target_latency: Optional[float] = None,
@@ -243,7 +244,7 @@ class _Run:
             raise FalfValueError("tolerance is measured by a metric: pass val_loader= (and evaluate= unless the "
                                  "outputs are class logits)")
         self.val_loader = val_loader
-        self.distillation = _distillation(distill, distill_temperature, distill_where, logits)
+        self.distillation = _distillation(distill, distill_temperature, distill_where, distill_until, logits)
         self.main_loss = loss_fn or _default_loss
         self.store = CheckpointStore(checkpoint_dir) if checkpoint_dir else None
         self.resume = resume
@@ -270,10 +271,11 @@ class _Run:
                               "latency_ms": report_latency_ms(self.model.host, self.example) if measure_latency else None}
         self.budget = FineTuneBudget(finetune_epochs, self.rounds, finetune_lr, warmup,
                                      steps_per_epoch(loader, TrainConfig()))
-        finetune_loss = (distillation_loss(self.model.host, self.main_loss, self.distillation)
-                         if self.distillation.enabled else self.main_loss)
+        self.distilled = (DistillationLoss(self.model.host, self.main_loss, self.distillation)
+                          if self.distillation.enabled else None)
         if trainer is None:  # falf_fx's own loop: the distilled loss when fine-tuning, the task loss otherwise
-            own = {"finetune": own_loop(loader, finetune_loss, self.store, resume, progress, forward),
+            own = {"finetune": own_loop(loader, self.distilled or self.main_loss, self.store, resume, progress,
+                                        forward, self._after_finetune_epoch),
                    "method": own_loop(loader, self.main_loss, self.store, resume, progress, forward)}
             trainer = lambda phase: own["finetune" if phase.kind == "finetune" else "method"](phase)  # noqa: E731
         self.trainer = trainer
@@ -282,6 +284,8 @@ class _Run:
                 _check_checkpointable(self.model.part(name))
         self.history: list[dict[str, Any]] = []
         self.next_round, self.stopped = 0, False
+        self.distill_stopped: Optional[dict[str, Any]] = None  # where the student passed the teacher
+        self._epochs_before = self._phase_epoch = 0  # the fine-tuning epochs of the run before this phase, in it
         self.current = self.before
         if resume and self.store.path(_STATE).exists():
             self.load_state(self.store.load(_STATE, self.origin),  # weights_only: a tampered file is refused
@@ -307,7 +311,7 @@ class _Run:
         return {"parts": {name: to_plain(self.model.part(name)) for name in self.model.names},
                 "rest": self.model.rest_state(), "history": json.dumps(self.history, default=_plain),
                 "round": self.next_round - 1, "method": json.dumps(self.pruner.state(), default=_plain),
-                "stopped": self.stopped}
+                "stopped": self.stopped, "distill_stopped": json.dumps(self.distill_stopped)}
 
     def load_state(self, state: dict[str, Any], source: str = "state") -> None:
         if state.get("fingerprint", self.origin) != self.origin:
@@ -324,6 +328,7 @@ class _Run:
         self.history, self.next_round = json.loads(state["history"]), int(state["round"]) + 1
         self.pruner.load_state(json.loads(state["method"]))
         self.stopped = bool(state["stopped"])
+        self._stop_distilling(json.loads(state.get("distill_stopped", "null")))
         self.current, self.per_module = self._cost(self.model)
         if self.latency is not None:
             self.latency.current = self.latency.measure(self.model.host)
@@ -332,6 +337,38 @@ class _Run:
 
     def _measure(self, model: nn.Module, where: str) -> Optional[float]:
         return None if self.metric is None else self.metric(model, where)
+
+    def _watches_teacher(self) -> bool:
+        return (self.distilled is not None and self.distilled.active and self.metric is not None
+                and self.distillation.until == "teacher_passed")
+
+    def _stop_distilling(self, where: Optional[dict[str, Any]]) -> None:
+        if where is not None and self.distilled is not None:
+            self.distill_stopped = where
+            self.distilled.stop()
+
+    def _after_finetune_epoch(self, model: nn.Module) -> dict[str, Any]:
+        """With ``distill_until="teacher_passed"``: the metric after each fine-tuning epoch, and distillation
+        off for the rest of the run once it reaches the teacher's (the unpruned model's)."""
+        self._phase_epoch += 1
+        if not self._watches_teacher():
+            return {}
+        epoch = self._epochs_before + self._phase_epoch
+        metric = self._measure(model, f"in round {self.next_round + 1}, after fine-tuning epoch {epoch}")
+        if metric >= self.base_metric:
+            self._stop_distilling({"round": self.next_round + 1, "finetune_epoch": epoch, "metric": metric,
+                                   "teacher_metric": self.base_metric})
+        return {"metric": metric, "distilling": self.distilled.active}
+
+    def _resumed_phase(self, name: str, model: nn.Module) -> None:
+        """A phase resumed mid-way goes on as it would have: its epochs so far, and whether it still distils."""
+        saved = self.store.load(name, fingerprint(model)) if self.resume and self.store is not None else None
+        history = saved["history"] if saved is not None else []
+        self._phase_epoch = len(history)
+        passed = next((r for r in history if r.get("distilling") is False), None)
+        if passed is not None:
+            self._stop_distilling({"round": self.next_round + 1, "finetune_epoch": self._epochs_before + passed["epoch"],
+                                   "metric": passed["metric"], "teacher_metric": self.base_metric})
 
     def _kept_metric(self) -> Optional[float]:
         return next((r["metric"] for r in reversed(self.history) if r["kept"] and "metric" in r), self.base_metric)
@@ -433,14 +470,17 @@ class _Run:
         name = f"round{index}-finetune"
         if not config.epochs or self.metric is None:
             if config.epochs:
+                self._epochs_before, self._phase_epoch = sum(r["finetune_epochs"] for r in self.history), 0
                 self.trainer(Phase(candidate.host, "finetune", name, index, config))
             return candidate, self._measure(candidate.host, after), {"finetune_epochs": config.epochs}
         start = self._measure(candidate.host, f"in round {index + 1}, before fine-tuning")
         spent = 0
         for attempt, lr in enumerate((config.lr, config.lr / 2)):
             trained = candidate.copy()
-            self.trainer(Phase(trained.host, "finetune", name + ("-retry" if attempt else ""), index,
-                               dataclasses.replace(config, lr=lr)))
+            phase = name + ("-retry" if attempt else "")
+            self._epochs_before = sum(r["finetune_epochs"] for r in self.history) + spent
+            self._resumed_phase(phase, trained.host)
+            self.trainer(Phase(trained.host, "finetune", phase, index, dataclasses.replace(config, lr=lr)))
             spent += config.epochs
             metric = self._measure(trained.host, after)
             if metric >= start - 0.05 * abs(start):
@@ -464,6 +504,9 @@ class _Run:
                   "target": _target_report(self.target_macs, after.macs / self.before.macs, self.latency),
                   "budget": _budget_report(self.budget, self.history, self.distillation, self.allocation,
                                            self.min_keep, self.min_channels)}
+        if self.distillation.enabled:
+            report["budget"]["distill"]["until"] = self.distillation.until if self.metric is not None else "end"
+            report["budget"]["distill"]["stopped"] = self.distill_stopped
         if self.model.whole and is_library_model(self.gm):
             warn_stale_config(self.gm)
         result = CompressResult(self.gm, report, self.history)
@@ -484,7 +527,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
              finetune: Optional[Callable[[nn.Module, int, Phase], Any]] = None, forward: Forward = inputs_only,
              allocation: str = "uniform", min_keep: float = 0.05, min_channels: int = 4,
              distill: Optional[float] = None, distill_temperature: float = 4.0, distill_where: str = "all",
-             checkpoint_dir: Optional[str] = None, resume: bool = False,
+             distill_until: str = "end", checkpoint_dir: Optional[str] = None, resume: bool = False,
              seed: int = 0, progress: bool = True, measure_latency: bool = True) -> CompressResult:
     """Compress a trained model: rounds of score -> slim -> fine-tune.
 
@@ -513,7 +556,9 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
     to your loss after each forward.  In falf_fx's loop fine-tuning distils the
     original model's logits with weight ``distill`` (0: off; by default 0.5 for class
     logits, off for other outputs) at ``distill_temperature``, on the samples
-    ``distill_where`` picks (``falf_fx.distill.Distillation``).  ``allocation``
+    ``distill_where`` picks, to the end of the run or, with ``distill_until="teacher_passed"``
+    and a metric, until the slim model's first measures at least the original's
+    after a fine-tuning epoch (``falf_fx.distill.Distillation``).  ``allocation``
     shares a MACs goal between groups: ``uniform`` (the same share of every group),
     ``global`` or ``cost`` (scores ranked across groups, ``cost`` per MAC saved);
     ``min_keep`` of every group stays, and at least ``min_channels`` of it (4: a
@@ -526,7 +571,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
                evaluate=evaluate, target_macs=target_macs, tolerance=tolerance, rounds=rounds, step=step,
                finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, warmup=warmup, allocation=allocation,
                min_keep=min_keep, min_channels=min_channels, distill=distill,
-               distill_temperature=distill_temperature, distill_where=distill_where,
+               distill_temperature=distill_temperature, distill_where=distill_where, distill_until=distill_until,
                checkpoint_dir=checkpoint_dir, resume=resume, seed=seed, progress=progress,
                measure_latency=measure_latency, trainer=trainer, forward=forward, target_latency=target_latency,
                latency=latency)

@@ -8,6 +8,11 @@ picks the samples that are distilled: ``all``; ``teacher_correct``, where the
 teacher's top class is the label; ``teacher_ahead``, where the teacher gives the
 label more probability than the student does, so a student that has overtaken a
 weak teacher on a sample is no longer pulled back (the labels are always taught).
+``until`` says how long: to the ``end`` of the run, or until the student's
+held-out metric first reaches the teacher's (``teacher_passed``): a teacher the
+student has overtaken has nothing left to teach as a whole, and its softened
+logits hold the student near the teacher's own accuracy (measured on the quality
+benchmark's weakest base, see the README).
 """
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ from torch import nn
 from .errors import FalfValueError
 from .training import LossFn
 
-__all__ = ["Distillation", "DistillationError", "distillation_loss", "WHERE"]
+__all__ = ["Distillation", "DistillationError", "DistillationLoss", "WHERE", "UNTIL"]
 WHERE = ("all", "teacher_correct", "teacher_ahead")
+UNTIL = ("end", "teacher_passed")
 
 
 class DistillationError(FalfValueError):
@@ -32,11 +38,13 @@ class DistillationError(FalfValueError):
 class Distillation:
     """``alpha``: weight of the teacher's term (0 turns distillation off); ``temperature``: softening;
     ``where``: which samples are distilled (``all``, ``teacher_correct``, ``teacher_ahead``; the last two
-    need class-index labels)."""
+    need class-index labels); ``until``: ``end`` or ``teacher_passed`` (needs a held-out metric; without
+    one it distils to the end)."""
 
     alpha: float = 0.5
     temperature: float = 4.0
     where: str = "all"
+    until: str = "end"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -45,6 +53,8 @@ class Distillation:
             raise DistillationError(f"distill_temperature must be > 0, not {self.temperature}")
         if self.where not in WHERE:
             raise DistillationError(f"distill_where must be one of {', '.join(WHERE)}, not {self.where!r}")
+        if self.until not in UNTIL:
+            raise DistillationError(f"distill_until must be one of {', '.join(UNTIL)}, not {self.until!r}")
 
     @property
     def enabled(self) -> bool:
@@ -73,20 +83,28 @@ def _selected(where: str, student: torch.Tensor, target: torch.Tensor, batch) ->
     return ahead.squeeze(1).to(target.dtype)
 
 
-def distillation_loss(teacher: nn.Module, task_loss: LossFn, settings: Distillation) -> LossFn:
-    """``task_loss`` blended with the KL divergence to a frozen copy of ``teacher``."""
-    frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
-    alpha, temperature = settings.alpha, settings.temperature
+class DistillationLoss:
+    """``task_loss`` blended with the KL divergence to a frozen copy of ``teacher``, until :meth:`stop`."""
 
-    def loss(outputs, batch) -> torch.Tensor:
+    def __init__(self, teacher: nn.Module, task_loss: LossFn, settings: Distillation) -> None:
+        self.frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
+        self.task_loss, self.settings = task_loss, settings
+        self.active = True
+
+    def stop(self) -> None:
+        """The task loss alone from now on (the teacher is no longer run)."""
+        self.active = False
+
+    def __call__(self, outputs, batch) -> torch.Tensor:
+        if not self.active:
+            return self.task_loss(outputs, batch)
+        alpha, temperature = self.settings.alpha, self.settings.temperature
         student = _logits(outputs, "slim model")
         with torch.no_grad():
-            target = _logits(frozen(batch[0]), "original model")
+            target = _logits(self.frozen(batch[0]), "original model")
         per_sample = nn.functional.kl_div(nn.functional.log_softmax(student / temperature, dim=1),
                                           nn.functional.log_softmax(target / temperature, dim=1),
                                           reduction="none", log_target=True).sum(dim=1)
-        if settings.where != "all":
-            per_sample = per_sample * _selected(settings.where, student, target, batch)
-        return (1.0 - alpha) * task_loss(outputs, batch) + alpha * temperature ** 2 * per_sample.mean()
-
-    return loss
+        if self.settings.where != "all":
+            per_sample = per_sample * _selected(self.settings.where, student, target, batch)
+        return (1.0 - alpha) * self.task_loss(outputs, batch) + alpha * temperature ** 2 * per_sample.mean()

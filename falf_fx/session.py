@@ -89,7 +89,7 @@ class PruningSession:
                          rounds=rounds, step=step, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                          warmup=0.0, allocation=allocation, min_keep=min_keep,
                          min_channels=min_channels, distill=0.0, distill_temperature=1.0,
-                         distill_where="all",
+                         distill_where="all", distill_until="end",
                          checkpoint_dir=None, resume=False, seed=seed, progress=False,
                          measure_latency=measure_latency, trainer=self._handoff, forward=forward,
                          target_latency=target_latency, latency=latency)

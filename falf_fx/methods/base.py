@@ -64,14 +64,16 @@ Trainer = Callable[[Phase], None]  # trains a phase's model in place
 
 
 def own_loop(loader: DataLoader, loss_fn: LossFn, checkpoints: Optional[CheckpointStore] = None,
-             resume: bool = False, progress: bool = True, forward: Forward = inputs_only) -> Trainer:
-    """falf_fx's training loop as a trainer: ``loss_fn`` plus the phase's penalty, checkpointed per epoch."""
+             resume: bool = False, progress: bool = True, forward: Forward = inputs_only,
+             after_epoch: Optional[Callable[[torch.nn.Module], dict]] = None) -> Trainer:
+    """falf_fx's training loop as a trainer: ``loss_fn`` plus the phase's penalty, checkpointed per epoch;
+    ``after_epoch(model)`` runs after every epoch and its dict goes into the epoch's checkpointed record."""
     def run(phase: Phase) -> None:
         def loss(outputs, batch) -> torch.Tensor:
             return total_loss(loss_fn(outputs, batch), phase.name) + phase.penalty()
 
         train(phase.model, phase.loader or loader, loss, phase.config, phase=phase.name, checkpoints=checkpoints,
-              resume=resume, progress=progress, forward=forward)
+              resume=resume, evaluate_fn=after_epoch, progress=progress, forward=forward)
     return run
 
 
