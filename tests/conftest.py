@@ -8,6 +8,18 @@ import torch
 from torch import nn
 
 
+def forward_macs(model: nn.Module, *inputs) -> int:
+    """Multiply-accumulates of one eval forward, by torch's own counter: 3-4x cheaper than fvcore's trace,
+    which the zoo and detector cases only use to see that a slim model costs less."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(*inputs)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every norm layer random affine parameters and running statistics, and
     every constant-initialised parameter (zero classifier heads, 1e-6 layer scales,

@@ -16,10 +16,10 @@ import torchvision
 from torchvision.models import detection
 
 import falf_fx
-from falf_fx.flops import count_cost
 from falf_fx.parts import capture_parts
 from falf_fx.testing import check_equivalence
-from tests.conftest import FEW_REGIONS
+from falf_fx.capture import as_input_tuple
+from tests.conftest import FEW_REGIONS, forward_macs
 
 DETECTORS = torchvision.models.list_models(module=detection)
 
@@ -66,8 +66,8 @@ def test_detector_pruned_in_parts(name: str, mode: str, tmp_path) -> None:
     for part in parts:
         check_equivalence(part.graph_module, part.example_inputs, seed=0)
         assert isinstance(slim.get_submodule(part.name), torch.fx.GraphModule)
-    macs = sum(count_cost(p.graph_module, p.example_inputs).macs for p in parts)
-    slim_macs = sum(count_cost(slim.get_submodule(p.name), p.example_inputs).macs for p in parts)
+    macs = sum(forward_macs(p.graph_module, *as_input_tuple(p.example_inputs)) for p in parts)
+    slim_macs = sum(forward_macs(slim.get_submodule(p.name), *as_input_tuple(p.example_inputs)) for p in parts)
     assert slim_macs <= 0.8 * macs
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert {n: dict(vars(m)) for n, m in model.named_modules()}.keys() == attributes.keys()
