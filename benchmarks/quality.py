@@ -53,22 +53,24 @@ PEERS = ("tp-l1", "tp-taylor", "tp-groupnorm", "modelopt-fastnas")
 PRETRAIN = {"epochs": 15, "lr": 0.05, "warmup": 0.05}
 FINETUNE = {"epochs": 8, "lr": 0.02, "warmup": 0.05}
 BATCH_SIZE = 64
-# falf_fx:<name> -> compress options on top of the defaults (ablations and the other methods)
+# falf_fx:<name> -> compress options on top of the defaults (ablations and the other methods); the variants
+# measured before distill_until="teacher_passed" became the default say "end", as they ran
 VARIANTS = {
+    "distill-end": {"distill_until": "end"},
     "no-distill": {"distill": 0.0},
-    "distill-correct": {"distill_where": "teacher_correct"},
-    "distill-ahead": {"distill_where": "teacher_ahead"},
-    "distill-passed": {"distill_until": "teacher_passed"},
-    "rounds4": {"rounds": 4},
-    "global": {"allocation": "global"},
-    "cost": {"allocation": "cost"},
-    "taylor": {"method": "taylor"},
-    "taylor-cost": {"method": "taylor", "allocation": "cost"},
-    "falf": {"method": "falf"},
-    "stability": {"method": "stability"},
-    "correlation": {"method": "correlation"},
-    "pruner_network": {"method": "pruner_network"},
-    "min-channels-1": {"min_channels": 1},
+    "distill-correct": {"distill_where": "teacher_correct", "distill_until": "end"},
+    "distill-ahead": {"distill_where": "teacher_ahead", "distill_until": "end"},
+    "ahead-passed": {"distill_where": "teacher_ahead", "distill_until": "teacher_passed"},
+    "rounds4": {"rounds": 4, "distill_until": "end"},
+    "global": {"allocation": "global", "distill_until": "end"},
+    "cost": {"allocation": "cost", "distill_until": "end"},
+    "taylor": {"method": "taylor", "distill_until": "end"},
+    "taylor-cost": {"method": "taylor", "allocation": "cost", "distill_until": "end"},
+    "falf": {"method": "falf", "distill_until": "end"},
+    "stability": {"method": "stability", "distill_until": "end"},
+    "correlation": {"method": "correlation", "distill_until": "end"},
+    "pruner_network": {"method": "pruner_network", "distill_until": "end"},
+    "min-channels-1": {"min_channels": 1, "distill_until": "end"},
 }
 
 
@@ -288,11 +290,17 @@ def report(path: Path = RESULTS) -> str:
                 row.append("–" if c is None else f"{100 * c['accuracy_mean']:.1f}{spread} "
                            f"(n={c['n_seeds']}, {c['macs_ratio_mean']:.3f})")
             lines.append(f"| {recipe} | " + " | ".join(row) + " |")
-            xs = [cells[recipe][t]["macs_ratio_mean"] for t in targets if t in cells[recipe]]
-            ys = [100 * cells[recipe][t]["accuracy_mean"] for t in targets if t in cells[recipe]]
-            es = [100 * (cells[recipe][t]["accuracy_std"] or 0) for t in targets if t in cells[recipe]]
+        curves: dict = {}  # one curve a recipe: its nominal cells and those planned to a peer's MACs ("…@0.218")
+        for recipe, by_target in cells.items():
+            curves.setdefault(recipe.split("@")[0], []).extend(by_target.values())
+        for recipe, points in sorted(curves.items()):
+            if ":" in recipe and recipe != "falf_fx:distill-end":  # the other ablations are in the table only
+                continue
+            points = sorted(points, key=lambda c: c["macs_ratio_mean"])
             style = "-o" if recipe == "falf_fx" else ("--s" if recipe.startswith(("tp-", "modelopt")) else ":.")
-            axis.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=recipe, alpha=0.9)
+            axis.errorbar([c["macs_ratio_mean"] for c in points], [100 * c["accuracy_mean"] for c in points],
+                          yerr=[100 * (c["accuracy_std"] or 0) for c in points], fmt=style, capsize=3,
+                          label=recipe, alpha=0.9)
         axis.axhline(100 * summary[model]["base_accuracy_mean"], color="grey", lw=0.8, ls="--", label="unpruned")
         axis.set_xscale("log", base=2)
         axis.set_xlabel("MACs kept (fraction of the original)")

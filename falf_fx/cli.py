@@ -27,6 +27,7 @@ from .capture import trace
 from .checkpoint import CheckpointStore
 from .compress import compress
 from .data import load_data
+from .distill import UNTIL
 from .errors import FalfError, FalfValueError
 from .importance import IMPORTANCE_KINDS
 from .methods import METHODS, make_method
@@ -363,7 +364,7 @@ def _cmd_compress(s: _Session) -> None:
                       target_macs=a.target_macs, tolerance=a.tolerance, rounds=a.rounds,
                       target_latency=a.target_latency, latency=LatencySettings(threads=a.latency_threads),
                       finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
-                      allocation=a.allocation, distill=a.distill,
+                      allocation=a.allocation, distill=a.distill, distill_until=a.distill_until,
                       checkpoint_dir=a.checkpoint_dir, resume=a.resume, seed=a.seed, progress=s.text)
     _save(result.model, a.out)
     full = {"model": a.model, "data": a.data, "input_shape": list(example.shape),
@@ -371,7 +372,8 @@ def _cmd_compress(s: _Session) -> None:
                          "target_latency": a.target_latency, "latency_threads": a.latency_threads,
                          "tolerance": a.tolerance, "rounds": a.rounds, "pretrain_epochs": a.pretrain_epochs,
                          "finetune_epochs": a.finetune_epochs, "finetune_lr": a.finetune_lr,
-                         "allocation": a.allocation, "distill": a.distill, "seed": a.seed},
+                         "allocation": a.allocation, "distill": a.distill, "distill_until": a.distill_until,
+                         "seed": a.seed},
             **result.report, "history": result.history, "pretrain": pretrain, "out": str(a.out)}
     if a.report is not None:
         try:
@@ -498,6 +500,9 @@ def _add_compress(sub: Any) -> None:
     p.add_argument("--distill", type=float, default=None, metavar="ALPHA",
                    help="weight of distillation from the original model during fine-tuning (0: off; default 0.5 for "
                         "class logits, off for other outputs)")
+    p.add_argument("--distill-until", choices=UNTIL, default="teacher_passed",
+                   help="distil to the end of the run, or until the slim model's validation metric first reaches the "
+                        "original's after an epoch (default teacher_passed)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of digits, synthetic, cifar10 (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of data split, training and method (default 0)")
     p.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="save every epoch and round here")

@@ -370,6 +370,12 @@ class _Run:
             self._stop_distilling({"round": self.next_round + 1, "finetune_epoch": self._epochs_before + passed["epoch"],
                                    "metric": passed["metric"], "teacher_metric": self.base_metric})
 
+    def _distill_report(self) -> dict[str, Any]:
+        """The distillation settings as they ran: without a metric ``teacher_passed`` distils to the end."""
+        settings = self.distillation
+        return {"alpha": settings.alpha, "temperature": settings.temperature, "where": settings.where,
+                "until": settings.until if self.metric is not None else "end", "stopped": self.distill_stopped}
+
     def _kept_metric(self) -> Optional[float]:
         return next((r["metric"] for r in reversed(self.history) if r["kept"] and "metric" in r), self.base_metric)
 
@@ -502,11 +508,8 @@ class _Run:
                   "method": self.pruner.name, "method_options": method_options(self.pruner),
                   "macs_ratio": after.macs / self.before.macs,
                   "target": _target_report(self.target_macs, after.macs / self.before.macs, self.latency),
-                  "budget": _budget_report(self.budget, self.history, self.distillation, self.allocation,
+                  "budget": _budget_report(self.budget, self.history, self._distill_report(), self.allocation,
                                            self.min_keep, self.min_channels)}
-        if self.distillation.enabled:
-            report["budget"]["distill"]["until"] = self.distillation.until if self.metric is not None else "end"
-            report["budget"]["distill"]["stopped"] = self.distill_stopped
         if self.model.whole and is_library_model(self.gm):
             warn_stale_config(self.gm)
         result = CompressResult(self.gm, report, self.history)
@@ -527,7 +530,7 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
              finetune: Optional[Callable[[nn.Module, int, Phase], Any]] = None, forward: Forward = inputs_only,
              allocation: str = "uniform", min_keep: float = 0.05, min_channels: int = 4,
              distill: Optional[float] = None, distill_temperature: float = 4.0, distill_where: str = "all",
-             distill_until: str = "end", checkpoint_dir: Optional[str] = None, resume: bool = False,
+             distill_until: str = "teacher_passed", checkpoint_dir: Optional[str] = None, resume: bool = False,
              seed: int = 0, progress: bool = True, measure_latency: bool = True) -> CompressResult:
     """Compress a trained model: rounds of score -> slim -> fine-tune.
 
@@ -556,9 +559,9 @@ def compress(model: nn.Module, loader: DataLoader, *, method: Union[str, Pruning
     to your loss after each forward.  In falf_fx's loop fine-tuning distils the
     original model's logits with weight ``distill`` (0: off; by default 0.5 for class
     logits, off for other outputs) at ``distill_temperature``, on the samples
-    ``distill_where`` picks, to the end of the run or, with ``distill_until="teacher_passed"``
-    and a metric, until the slim model's first measures at least the original's
-    after a fine-tuning epoch (``falf_fx.distill.Distillation``).  ``allocation``
+    ``distill_where`` picks, until the slim model's metric first measures at least the
+    original's after a fine-tuning epoch (``distill_until="teacher_passed"``, the default;
+    without a metric, and with ``"end"``, to the end of the run; ``falf_fx.distill.Distillation``).  ``allocation``
     shares a MACs goal between groups: ``uniform`` (the same share of every group),
     ``global`` or ``cost`` (scores ranked across groups, ``cost`` per MAC saved);
     ``min_keep`` of every group stays, and at least ``min_channels`` of it (4: a
@@ -656,7 +659,7 @@ def _target_report(target_macs: Optional[float], reached: float,
     return {"macs": target_macs, "reached": round(reached, 6), "met": met}
 
 
-def _budget_report(budget: FineTuneBudget, history: list[dict], distillation: Distillation, allocation: str,
+def _budget_report(budget: FineTuneBudget, history: list[dict], distill: dict[str, Any], allocation: str,
                    min_keep: float, min_channels: int) -> dict[str, Any]:
     """What the run spent, fine-tuning and each method phase apart, and the settings that spent it."""
     auxiliary: dict[str, int] = {}
@@ -666,6 +669,5 @@ def _budget_report(budget: FineTuneBudget, history: list[dict], distillation: Di
     return {"finetune_epochs": sum(r["finetune_epochs"] for r in history), "finetune_epochs_budget": budget.epochs,
             "auxiliary_epochs": auxiliary, "rounds": len(history), "lr": budget.lr,
             "schedule": f"linear warm-up over {budget.warmup:.0%}, then cosine to 0, over the whole run",
-            "distill": {"alpha": distillation.alpha, "temperature": distillation.temperature,
-                        "where": distillation.where},
+            "distill": distill,
             "allocation": allocation, "min_keep": min_keep, "min_channels": min_channels}

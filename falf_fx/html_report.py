@@ -154,6 +154,17 @@ def _history_rows(history: list[dict[str, Any]], metric: str) -> str:
             f"<th>Verdict</th><th>Fine-tune epochs</th></tr>{''.join(rows)}</table>")
 
 
+def _distillation_fact(distill: dict) -> str:
+    if not distill.get("alpha"):
+        return "off"
+    stopped = distill.get("stopped")
+    until = (f"; off from fine-tuning epoch {stopped['finetune_epoch']} (round {stopped['round']}), where the slim "
+             f"model passed the original ({stopped['metric']:.4f} against {stopped['teacher_metric']:.4f})"
+             if stopped else "; to the end" if distill.get("until") == "teacher_passed" else "")
+    return (f"alpha {distill['alpha']}, temperature {distill['temperature']}, samples: {distill.get('where', 'all')}"
+            + until)
+
+
 def _run_section(result: CompressResult) -> str:
     """Method, options, budget spent and target, then the metric and MACs of every round."""
     r = result.report
@@ -166,8 +177,7 @@ def _run_section(result: CompressResult) -> str:
                              f"epochs, peak lr {budget.get('lr', '–')}, {budget.get('schedule', '')}"),
              ("Method's own epochs", ", ".join(f"{k}: {v}" for k, v in budget.get("auxiliary_epochs", {}).items())
               or "none"),
-             ("Distillation", f"alpha {distill['alpha']}, temperature {distill['temperature']}"
-              if distill.get("alpha") else "off"),
+             ("Distillation", _distillation_fact(distill)),
              ("Allocation", f"{budget.get('allocation', '–')}, at least {budget.get('min_keep', 0):.0%} and "
                             f"{budget.get('min_channels', 1)} channels of every group kept")]
     rows = "".join(f"<tr><th>{k}</th><td>{_e(v)}</td></tr>" for k, v in facts)

@@ -10,6 +10,7 @@ import falf_fx
 from falf_fx.checkpoint import CheckpointError
 from falf_fx.data import digits_loaders
 from falf_fx.errors import FalfError, FalfTypeError
+from falf_fx.html_report import _distillation_fact
 from falf_fx.methods import FALF, PlayAndPrune, ScoreMethod, Stability, Taylor
 from falf_fx.training import TrainingError
 from tests.conftest import pretrained_state, with_state
@@ -124,6 +125,46 @@ def test_a_killed_compress_resumes_to_the_same_result(data, trained, tmp_path):
         falf_fx.compress(other, data[0], checkpoint_dir=tmp_path, resume=True, **options)
 
 
+@pytest.fixture(scope="module")
+def weak(data):
+    """One epoch of training (15% on validation): a teacher the slim model overtakes within two epochs."""
+    return pretrained_state(tiny_net, data[0], epochs=1)
+
+
+def test_distillation_stops_where_the_student_passes_the_teacher_and_resumes_so(data, weak, tmp_path):
+    options = dict(val_loader=data[1], target_macs=0.5, finetune_epochs=4, progress=False, measure_latency=False)
+    passed = falf_fx.compress(_model(weak), data[0], **options)
+    stopped = passed.report["budget"]["distill"]["stopped"]
+    teacher = passed.report["before"]["metric"]
+    assert stopped["round"] == 1 and stopped["finetune_epoch"] <= 2 and stopped["metric"] >= teacher
+    assert stopped["teacher_metric"] == teacher
+    assert f"off from fine-tuning epoch {stopped['finetune_epoch']} (round 1)" in _distillation_fact(
+        passed.report["budget"]["distill"])  # what report.html says
+    to_the_end = falf_fx.compress(_model(weak), data[0], **{**options, "distill_until": "end"})
+    assert to_the_end.report["budget"]["distill"]["stopped"] is None
+    assert not torch.equal(to_the_end.model.state_dict()["8.weight"], passed.model.state_dict()["8.weight"])
+    blind = falf_fx.compress(_model(weak), data[0], **{**options, "val_loader": None})  # no metric: to the end
+    assert blind.report["budget"]["distill"] == {**to_the_end.report["budget"]["distill"], "until": "end"}
+
+    class Killed(BaseException):
+        pass
+
+    calls = []
+
+    def dies_in_epoch_three(out, batch):  # 23 batches an epoch: after the epoch-2 checkpoint, with the teacher off
+        calls.append(1)
+        if len(calls) == 2 * len(data[0]) + 10:
+            raise Killed
+        return CE(out, batch)
+
+    with pytest.raises(Killed):
+        falf_fx.compress(_model(weak), data[0], loss_fn=dies_in_epoch_three, checkpoint_dir=tmp_path, **options)
+    resumed = falf_fx.compress(_model(weak), data[0], loss_fn=CE, checkpoint_dir=tmp_path, resume=True, **options)
+    assert resumed.report["budget"]["distill"]["stopped"] == stopped
+    for a, b in zip(resumed.model.state_dict().values(), passed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("probe", [False, True])
 def test_falf_trains_a_copy_and_probe_slims_the_untouched_weights(probe, data, trained):
     from falf_fx.methods import FALF, Round
@@ -165,7 +206,8 @@ def test_the_budget_is_shared_by_the_rounds_under_one_schedule(data, trained):
     assert [h["finetune_epochs"] for h in result.history] == [1, 1, 2]
     budget = result.report["budget"]
     assert budget["finetune_epochs"] == 4 and budget["auxiliary_epochs"] == {"fatuous": 3}
-    assert budget["distill"] == {"alpha": 0.5, "temperature": 4.0, "where": "all"} and budget["allocation"] == "uniform"
+    assert budget["distill"] == {"alpha": 0.5, "temperature": 4.0, "where": "all", "until": "teacher_passed",
+                                "stopped": None} and budget["allocation"] == "uniform"
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global", "cost"])

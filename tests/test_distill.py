@@ -93,3 +93,15 @@ def test_selecting_samples_needs_class_index_labels_and_a_known_rule():
         loss(torch.randn(4, 4), (x, torch.rand(4, 4)))
     with pytest.raises(DistillationError, match="distill_where must be one of"):
         Distillation(where="sometimes")
+
+
+def test_a_stopped_distillation_is_the_task_loss_and_runs_no_teacher():
+    teacher, x, y = _net(), torch.randn(16, 6), torch.randint(0, 4, (16,))
+    loss = DistillationLoss(teacher, CE, Distillation(alpha=1.0, until="teacher_passed"))
+    outputs = torch.randn(16, 4)
+    assert loss(outputs, (x, y)).item() != pytest.approx(CE(outputs, (x, y)).item())
+    loss.stop()
+    loss.frozen = None  # a teacher run after stop() would raise
+    assert loss(outputs, (x, y)).item() == pytest.approx(CE(outputs, (x, y)).item())
+    with pytest.raises(DistillationError, match="distill_until must be one of"):
+        Distillation(until="never")
