@@ -367,7 +367,8 @@ class _Run:
         self._phase_epoch = len(history)
         passed = next((r for r in history if r.get("distilling") is False), None)
         if passed is not None:
-            self._stop_distilling({"round": self.next_round + 1, "finetune_epoch": self._epochs_before + passed["epoch"],
+            self._stop_distilling({"round": self.next_round + 1,
+                                   "finetune_epoch": self._epochs_before + passed["epoch"],
                                    "metric": passed["metric"], "teacher_metric": self.base_metric})
 
     def _distill_report(self) -> dict[str, Any]:
