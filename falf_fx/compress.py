@@ -350,9 +350,9 @@ class _Run:
     def _after_finetune_epoch(self, model: nn.Module) -> dict[str, Any]:
         """With ``distill_until="teacher_passed"``: the metric after each fine-tuning epoch, and distillation
         off for the rest of the run once it reaches the teacher's (the unpruned model's)."""
-        self._phase_epoch += 1
         if not self._watches_teacher():
             return {}
+        self._phase_epoch += 1
         epoch = self._epochs_before + self._phase_epoch
         metric = self._measure(model, f"in round {self.next_round + 1}, after fine-tuning epoch {epoch}")
         if metric >= self.base_metric:
@@ -476,8 +476,7 @@ class _Run:
         after = f"in round {index + 1}, after fine-tuning"
         name = f"round{index}-finetune"
         if not config.epochs or self.metric is None:
-            if config.epochs:
-                self._epochs_before, self._phase_epoch = sum(r["finetune_epochs"] for r in self.history), 0
+            if config.epochs:  # no metric: nothing to watch, so no epochs to count
                 self.trainer(Phase(candidate.host, "finetune", name, index, config))
             return candidate, self._measure(candidate.host, after), {"finetune_epochs": config.epochs}
         start = self._measure(candidate.host, f"in round {index + 1}, before fine-tuning")

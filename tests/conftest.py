@@ -13,10 +13,10 @@ def forward_macs(model: nn.Module, *inputs) -> int:
     which the zoo and detector cases only use to see that a slim model costs less."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.eval()(*inputs)
-    model.train(was_training)
+    from falf_fx.passes.modes import eval_mode
+
+    with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
+        model(*inputs)
     return counter.get_total_flops() // 2
 
 
