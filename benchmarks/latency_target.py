@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -59,7 +60,8 @@ def measure(name: str, threads: int, batches: list[int], targets: list[float], c
                    "within_5pct": abs(ratio - target) <= 0.05 * target, "macs_ratio": round(macs, 4),
                    "paired_ratio": round(statistics.median(paired), 4),
                    "paired_range": [round(min(paired), 4), round(max(paired), 4)],
-                   "share_of_mac_limit": round(macs / ratio, 3), "times": times}
+                   "share_of_mac_limit": round(macs / ratio, 3), "times": times,
+                   "load_average": [round(v, 2) for v in os.getloadavg()]}  # was the machine quiet for this cell
             record["runs"].append(run)
             emit({**record, "stage": f"b{batch} t{target}"})
     emit({**record, "ok": True, "stage": "done"})

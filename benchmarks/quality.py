@@ -66,6 +66,7 @@ VARIANTS = {
     "cost": {"allocation": "cost", "distill_until": "end"},
     "taylor": {"method": "taylor", "distill_until": "end"},
     "taylor-cost": {"method": "taylor", "allocation": "cost", "distill_until": "end"},
+    "taylor-passed": {"method": "taylor"},
     "falf": {"method": "falf", "distill_until": "end"},
     "stability": {"method": "stability", "distill_until": "end"},
     "correlation": {"method": "correlation", "distill_until": "end"},
