@@ -195,6 +195,21 @@ def test_auto_snapping_keeps_unsnapped_widths_when_no_multiple_is_faster(fake_cl
     assert _widths(slim) == _widths(falf_fx.prune(resnet20().eval(), X, ratio=0.45))
 
 
+def test_auto_snapping_times_each_distinct_plan_once(monkeypatch):
+    """Half of ResNet-18's 64..512-wide groups is a multiple of 32 already: every candidate is the unsnapped
+    plan, so nothing is timed (VGG-16 at batch 32 spent 12 minutes timing three copies of one model)."""
+    import falf_fx.snapping as snapping
+
+    def untimed(*args, **kwargs):
+        raise AssertionError("a candidate identical to a timed plan was timed again")
+
+    monkeypatch.setattr(snapping, "latency_ratio", untimed)
+    slim = falf_fx.prune(torchvision.models.resnet18(num_classes=10).eval(), X, ratio=0.5, round_to="auto")
+    record = slim.meta["falf_fx_round_to"]
+    assert record["chosen"] == 1
+    assert record["candidates"] == {8: {"same_as": 1}, 16: {"same_as": 1}, 32: {"same_as": 1}}
+
+
 def test_round_to_is_checked():
     with pytest.raises(FalfValueError, match="positive number of channels or 'auto'"):
         falf_fx.prune(resnet20(), X, round_to="fast")
