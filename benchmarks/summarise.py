@@ -62,6 +62,23 @@ def latency(data: dict) -> list[str]:
     return lines
 
 
+def latency_target(data: dict) -> list[str]:
+    lines = ["| model | batch | target | checked | prune's measure | within 5% | MACs ratio | share of MACs promise | "
+             "first prediction error | tries | prune s | load average |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["records"]:
+        for run in r.get("runs", []):
+            planned = run["planned"]
+            load = run.get("load_average")
+            lines.append(f"| {r['model']} | {run['batch']} | {run['target']} | {run['latency_ratio']:.3f} | "
+                         f"{planned['reached']:.3f} | {'yes' if run['within_5pct'] else '**no**'} | "
+                         f"{run['macs_ratio']:.3f} | {run['share_of_mac_limit']:.2f} | "
+                         f"{planned['prediction_error']:+.1%} | {planned['tries']} | {run['prune_seconds']:.0f} | "
+                         f"{load[0] if load else 'not recorded'} |")
+        if not r.get("ok"):
+            lines.append(f"| {r.get('model')} | fails: {r.get('error')} | | | | | | | | | | |")
+    return lines
+
+
 def scaling(data: dict) -> list[str]:
     lines = ["| net | nodes | channel positions | trace + analyze (s) | analyze (s) |", "|---|---|---|---|---|"]
     for r in data["records"]:
@@ -80,6 +97,8 @@ def scaling(data: dict) -> list[str]:
 
 def main() -> None:
     for title, name, render in (("Zoo", "zoo.json", zoo), ("Latency", "latency.json", latency),
+                                ("Snapped latency", "latency_snapped.json", latency),
+                                ("Latency targets", "latency_target.json", latency_target),
                                 ("Scaling", "scaling.json", scaling)):
         data = _load(name)
         if data:
