@@ -42,27 +42,24 @@ def _removed(analysis: Analysis, scores: Mapping[int, np.ndarray], keeps: Mappin
 
 def snapped_keeps(analysis: Analysis, scores: Mapping[int, np.ndarray], keeps: Mapping[int, int], multiple: int,
                   macs: MacsModel) -> dict[int, int]:
-    """``keeps`` with every group of at least ``multiple`` channels at a multiple of it, the predicted MACs as
-    close to the unsnapped ones as the greedy choice of which groups round up gets."""
+    """``keeps`` with every group that keeps at least ``multiple`` channels at a multiple of it, and the
+    predicted MACs at or just under the unsnapped ones: every count is rounded down, then the groups closest
+    to their upper multiple go up first, each one that would overshoot skipped.  A group that keeps fewer
+    than ``multiple`` stays as it is unless going up to ``multiple`` fits (forcing it up, as MobileNetV2's
+    and DenseNet's narrow layers would be at 16 and 32, cost up to 70% more MACs)."""
     goal = macs.predict(_removed(analysis, scores, keeps))
     low, high = {}, {}
     for gid, keep in keeps.items():
         size = analysis.groups[gid].size
-        low[gid] = keep if size < multiple else max(multiple, keep // multiple * multiple)
+        low[gid] = keep if keep < multiple else keep // multiple * multiple
         high[gid] = keep if size < multiple else min(size, -(-keep // multiple) * multiple)
     current = dict(low)
     closest_to_high = sorted((g for g in keeps if high[g] > low[g]),
                              key=lambda g: (high[g] - keeps[g]) / (high[g] - low[g]))
-    left = macs.predict(_removed(analysis, scores, current))
     for gid in closest_to_high:
         trial = {**current, gid: high[gid]}
-        predicted = macs.predict(_removed(analysis, scores, trial))
-        if predicted <= goal:
-            current, left = trial, predicted
-        else:
-            if abs(predicted - goal) < abs(left - goal):
-                current = trial
-            break
+        if macs.predict(_removed(analysis, scores, trial)) <= goal:
+            current = trial
     return current
 
 
