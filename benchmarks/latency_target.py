@@ -4,7 +4,8 @@ For each model (its own child process, random weights, 224 px), batch size and
 target: ``falf_fx.prune(model, x, target_latency=T, latency=LatencySettings(batch, threads))``
 plans on per-layer latency tables timed on this machine and corrects on the
 measured slim model.  The slim model is then timed again, independently, with
-the original alternately (benchmarks/latency.py's protocol), and the MACs are
+the original alternately (benchmarks/latency.py's protocol, ``--check-rounds``
+rounds, the median of each round's paired ratio), and the MACs are
 counted with fvcore: the record is the measured latency ratio against the
 target, the MACs ratio, the table model's first prediction error and the tries.
 
@@ -27,7 +28,7 @@ from latency import _latencies
 MODELS = ("resnet50", "mobilenet_v2", "vgg16", "densenet121", "efficientnet_b0")
 
 
-def measure(name: str, threads: int, batches: list[int], targets: list[float], cache: str) -> None:
+def measure(name: str, threads: int, batches: list[int], targets: list[float], cache: str, check_rounds: int) -> None:
     import warnings
     warnings.simplefilter("ignore")
     import torch
@@ -50,15 +51,15 @@ def measure(name: str, threads: int, batches: list[int], targets: list[float], c
             start = time.perf_counter()
             slim = falf_fx.prune(model, x, target_latency=target, latency=settings).eval()
             seconds = time.perf_counter() - start
-            times = _latencies({"original": model, "slim": slim}, batch, rounds=5,
+            times = _latencies({"original": model, "slim": slim}, batch, rounds=check_rounds,
                                threads=threads, min_run_time=0.5)
-            ratio = times["slim"]["median_s"] / times["original"]["median_s"]
             paired = paired_ratios(times)
+            ratio = statistics.median(paired)  # pairs cancel the machine's slow drifts; medians of each do not
             macs = count_cost(slim, x).macs / before.macs
             run = {"batch": batch, "target": target, "prune_seconds": round(seconds, 1),
                    "planned": slim.meta["falf_fx_target"], "latency_ratio": round(ratio, 4),
                    "within_5pct": abs(ratio - target) <= 0.05 * target, "macs_ratio": round(macs, 4),
-                   "paired_ratio": round(statistics.median(paired), 4),
+                   "ratio_of_medians": round(times["slim"]["median_s"] / times["original"]["median_s"], 4),
                    "paired_range": [round(min(paired), 4), round(max(paired), 4)],
                    "share_of_mac_limit": round(macs / ratio, 3), "times": times,
                    "load_average": [round(v, 2) for v in os.getloadavg()]}  # was the machine quiet for this cell
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--targets", default="0.5,0.3")
+    parser.add_argument("--check-rounds", type=int, default=20,
+                        help="alternating rounds of the independent check (a pair's ratio spreads ~10%% on a shared "
+                             "virtual machine: 20 pairs give a median within ~3%%)")
     parser.add_argument("--cache", default=None, help="latency table cache (default: a fresh temporary one)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--note", help="free text stored with the machine facts")
@@ -89,7 +93,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     targets = [float(t) for t in args.targets.split(",")]
     if args.child:
-        measure(args.child, args.threads, batches, targets, args.cache)
+        measure(args.child, args.threads, batches, targets, args.cache, args.check_rounds)
         return
 
     from rich.console import Console
@@ -100,14 +104,18 @@ def main() -> None:
     cache = args.cache or tempfile.mkdtemp(prefix="falf-latency-")  # timed afresh: prune's own cost is measured
     settings = {"importance": "l1", "allocation": "uniform", "input": 224, "threads": args.threads,
                 "batches": batches, "targets": targets,
-                "check": "benchmarks/latency.py's alternating protocol on the returned slim model",
+                "check": f"benchmarks/latency.py's alternating protocol on the returned slim model, {args.check_rounds} "
+                         "rounds; the checked ratio is the median of the rounds' paired ratios",
+                "prune_ratio_budget": "LatencySettings defaults: until a 1% standard error, at most 100 pairs "
+                                      "or 120 s after the first 5",
                 "mode": "eval, torch.inference_mode, float32, random weights"}
     earlier = _earlier_records(args.threads) if args.merge else []
     records = []
     for name in args.models:
         console.print(f"latency target: {name}", highlight=False)
         records.append(run_child([__file__, "--child", name, "--threads", str(args.threads), "--batches",
-                                  args.batches, "--targets", args.targets, "--cache", cache],
+                                  args.batches, "--targets", args.targets, "--cache", cache,
+                                  "--check-rounds", str(args.check_rounds)],
                                  stage_timeout=args.timeout, total_timeout=args.timeout, mem_limit_gib=14,
                                  stage="done"))
         for run in records[-1].get("runs", []):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ class LatencySettings:
     threads: Optional[int] = None
     cache_dir: Optional[str] = None  # None: $FALF_FX_CACHE, else ~/.cache/falf_fx
     min_run_time: float = 0.05  # seconds of runs behind each timing
+    # how long a latency ratio may be timed for a 1% standard error: on a shared virtual machine one back-to-back
+    # pair's ratio spreads by about 10% even when nothing else runs, so that takes about 100 pairs (15 left 3%)
+    max_rounds: int = 100
+    max_seconds: float = 120.0  # after the first 5 pairs
 
     @property
     def thread_count(self) -> int:
@@ -92,17 +97,19 @@ def report_latency_ms(model: nn.Module, example_inputs: Any) -> float:
 
 
 def latency_ratio(model: nn.Module, original: nn.Module, example_inputs: Any,
-                  settings: LatencySettings = LatencySettings(), precision: float = 0.01,
-                  max_rounds: int = 15) -> float:
+                  settings: LatencySettings = LatencySettings(), precision: float = 0.01) -> float:
     """``model``'s latency over ``original``'s: the median of ratios of the two timed back to back (in turns
     first), so that load from other work on the machine falls on both alike.  Rounds are added until the
-    median's standard error is within ``precision`` of it: a busy machine is timed longer, not trusted."""
+    median's standard error is within ``precision`` of it, or ``settings.max_rounds`` pairs or ``max_seconds``
+    are spent: a busy machine is timed longer, not trusted."""
     ratios: list[float] = []
-    while len(ratios) < max_rounds:
+    start = time.perf_counter()
+    while len(ratios) < settings.max_rounds:
         pair = (model, original) if len(ratios) % 2 == 0 else (original, model)
         ms = [measure_latency(m, example_inputs, settings) for m in pair]
         ratios.append(ms[0] / ms[1] if pair[0] is model else ms[1] / ms[0])
-        if len(ratios) >= _MIN_ROUNDS and _median_error(ratios) <= precision:
+        if len(ratios) >= _MIN_ROUNDS and (_median_error(ratios) <= precision
+                                           or time.perf_counter() - start >= settings.max_seconds):
             break
     return float(np.median(ratios))
 

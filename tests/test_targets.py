@@ -98,6 +98,25 @@ def test_a_noisy_clock_is_timed_longer_and_its_spikes_do_not_decide(monkeypatch)
         assert len(calls) == 2 * rounds if rounds else len(calls) > 2 * 5
 
 
+def test_a_ratio_that_never_settles_stops_at_the_settings_budget(monkeypatch):
+    """Timings spread so widely that a 1% standard error is never reached: max_rounds, else max_seconds
+    (after the first 5 pairs), ends the timing."""
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def seconds(stmt, env, settings):
+        calls.append(1)
+        return _weights(env["model"]) * 1e-9 * rng.uniform(0.5, 1.5)
+
+    monkeypatch.setattr(latency_module, "_median_seconds", seconds)
+    slim, original = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 16, 3)
+    for settings, pairs in ((LatencySettings(threads=1, max_rounds=7), 7),
+                            (LatencySettings(threads=1, max_seconds=0.0), 5)):
+        calls.clear()
+        latency_module.latency_ratio(slim, original, X, settings)
+        assert len(calls) == 2 * pairs
+
+
 def test_the_goal_search_bisects_inside_a_bracket_and_survives_an_inverted_one():
     from falf_fx.targets import _next_goal, _Try
 
