@@ -32,12 +32,10 @@ def _pairs(model, other, x, pairs: int, clock, min_run_time: float) -> list[floa
             return timer.blocked_autorange(min_run_time=min_run_time).median
 
     ratios = []
-    for index in range(pairs):
-        if index % 2 == 0:
-            a, b = seconds(other), seconds(model)
-        else:
-            b, a = seconds(model), seconds(other)
-        ratios.append(a / b)
+    for index in range(pairs):  # in turns first, as latency_ratio times them
+        order = (other, model) if index % 2 == 0 else (model, other)
+        timed = {id(m): seconds(m) for m in order}
+        ratios.append(timed[id(other)] / timed[id(model)])
     return ratios
 
 

@@ -101,13 +101,15 @@ def main() -> None:
 
     console = Console()
     facts = machine(args.threads, args.note)
+    from falf_fx.latency import LatencySettings
+    defaults = LatencySettings()
     cache = args.cache or tempfile.mkdtemp(prefix="falf-latency-")  # timed afresh: prune's own cost is measured
     settings = {"importance": "l1", "allocation": "uniform", "input": 224, "threads": args.threads,
                 "batches": batches, "targets": targets,
                 "check": f"benchmarks/latency.py's alternating protocol on the returned slim model, {args.check_rounds} "
                          "rounds; the checked ratio is the median of the rounds' paired ratios",
-                "prune_ratio_budget": "LatencySettings defaults: until a 1% standard error, at most 100 pairs "
-                                      "or 120 s after the first 5",
+                "prune_ratio_budget": f"until a 1% standard error, at most {defaults.max_rounds} pairs or "
+                                      f"{defaults.max_seconds:g} s after the first 5 (LatencySettings' defaults)",
                 "mode": "eval, torch.inference_mode, float32, random weights"}
     earlier = _earlier_records(args.threads) if args.merge else []
     records = []
